@@ -1,0 +1,146 @@
+"""Transformer building blocks shared by the CLIP vision and text towers.
+
+Parameter layout follows OpenAI CLIP's `ResidualAttentionBlock` (fused `in_proj`, `out_proj`, `c_fc`,
+`c_proj`, `ln_1`, `ln_2`) so that checkpoint conversion is a renaming, never a re-arrangement.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+LN_EPS = 1e-5
+
+
+def quick_gelu(x):
+    """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 whatever the compute dtype (as OpenAI's fp16-safe LayerNorm)."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32)(x.astype(jnp.float32))
+        return y.astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection.
+
+    Besides the usual output it can compute the head-averaged attention probabilities of the CLS query
+    (row 0) from a separate query: the main attention then never has to expose its full matrix, so it can
+    run as a fused kernel.
+    """
+
+    width: int
+    heads: int
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        init = nn.initializers.xavier_uniform()
+        self.in_proj_kernel = self.param("in_proj_kernel", init, (self.width, 3 * self.width), jnp.float32)
+        self.in_proj_bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * self.width,), jnp.float32)
+        self.out_proj = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="out_proj")
+
+    def _project(self, x, part: slice):
+        kernel = self.in_proj_kernel[:, part].astype(self.dtype)
+        return x.astype(self.dtype) @ kernel + self.in_proj_bias[part].astype(self.dtype)
+
+    def _split_heads(self, x):
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.heads, self.width // self.heads)
+
+    def __call__(self, x, mask: Optional[jax.Array] = None, is_causal: bool = False):
+        """x: [B, T, D]. mask: boolean, broadcastable to [B, heads, T, T], True where a query may attend."""
+        qkv = self._project(x, slice(None))
+        q, k, v = (self._split_heads(t) for t in jnp.split(qkv, 3, axis=-1))
+        out = attention(q, k, v, mask=mask, is_causal=is_causal)
+        return self.out_proj(out.reshape(x.shape[0], x.shape[1], self.width))
+
+    def cls_attention(self, x, key_mask: Optional[jax.Array] = None):
+        """Head-averaged softmax probabilities of query 0 over all keys: [B, T], in fp32.
+
+        Computes one query row only: a [B, heads, T] product instead of [B, heads, T, T].
+        key_mask: optional [B, T] boolean, False for keys that must get zero probability.
+        """
+        d = self.width
+        q = self._split_heads(self._project(x[:, :1], slice(0, d)))[:, 0]  # [B, H, dh]
+        k = self._split_heads(self._project(x, slice(d, 2 * d)))  # [B, T, H, dh]
+        scale = (d // self.heads) ** -0.5
+        logits = jnp.einsum("bhd,bthd->bht", q, k, preferred_element_type=jnp.float32) * scale
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, :], logits, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(logits, axis=-1).mean(axis=1)
+
+
+def attention(q, k, v, mask=None, is_causal=False):
+    """Scaled dot-product attention on [B, T, H, dh] with an fp32 softmax.
+
+    Delegates to `jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one.
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+
+
+class MLP(nn.Module):
+    width: int
+    hidden: int
+    activation: str = "quick_gelu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+        x = dense(self.hidden, "c_fc")(x)
+        x = ACTIVATIONS[self.activation](x)
+        return dense(self.width, "c_proj")(x)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    width: int
+    heads: int
+    mlp_ratio: float = 4.0
+    activation: str = "quick_gelu"
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.ln_1 = LayerNorm(dtype=self.dtype)
+        self.attn = MultiHeadAttention(self.width, self.heads, dtype=self.dtype)
+        self.ln_2 = LayerNorm(dtype=self.dtype)
+        self.mlp = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, dtype=self.dtype)
+
+    def __call__(self, x, mask=None, is_causal: bool = False, return_cls_attention: bool = False):
+        """Returns the block output, and with `return_cls_attention` also the head-averaged CLS-row
+        attention probabilities [B, T] (fp32) of this block's attention."""
+        h = self.ln_1(x)
+        x = x + self.attn(h, mask=mask, is_causal=is_causal).astype(x.dtype)
+        x = x + self.mlp(self.ln_2(x)).astype(x.dtype)
+        if return_cls_attention:
+            key_mask = None if mask is None else _key_mask_from(mask)
+            return x, self.attn.cls_attention(h, key_mask)
+        return x
+
+    def cls_attention(self, x, key_mask=None):
+        """Only the CLS-row attention probabilities this block would compute on x: [B, T]."""
+        return self.attn.cls_attention(self.ln_1(x), key_mask)
+
+
+def _key_mask_from(mask):
+    """The CLS query's key mask [B, T] from a mask broadcastable to [B, H, T, T]."""
+    mask = jnp.asarray(mask)
+    return mask[:, 0, 0, :] if mask.ndim == 4 else mask

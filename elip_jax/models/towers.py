@@ -1,0 +1,124 @@
+"""The CLIP vision and text towers (OpenAI CLIP / open_clip architecture)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from elip_jax.models.config import CLIPConfig
+from elip_jax.models.layers import LayerNorm, ResidualBlock
+from elip_jax.reduction import ReductionSchedule, StageInputs, prune_tokens, score_candidates
+
+normal = nn.initializers.normal
+
+
+def make_blocks(config: CLIPConfig, width: int, heads: int, layers: int, prefix: str):
+    # return_cls_attention (arg 4, counting self) changes the output structure, so it must be static.
+    block_cls = nn.remat(ResidualBlock, static_argnums=(3, 4)) if config.remat else ResidualBlock
+    return [block_cls(width, heads, config.mlp_ratio, config.activation, dtype=config.compute_dtype,
+                      name=f"{prefix}{i}") for i in range(layers)]
+
+
+class VisionTransformer(nn.Module):
+    """ViT image encoder whose blocks run in stages, with token reduction between stages.
+
+    Pruning decisions (kept candidate indices per stage) are sown into the 'intermediates' collection as
+    `kept_indices` so that tests and visualisations can read them.
+    """
+
+    config: CLIPConfig
+    reduction: ReductionSchedule = ReductionSchedule()
+
+    def setup(self):
+        c = self.config
+        scale = c.vision_width ** -0.5
+        self.conv1 = nn.Conv(c.vision_width, (c.patch_size, c.patch_size), strides=c.patch_size,
+                             padding="VALID", use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32)
+        self.class_embedding = self.param("class_embedding", normal(scale), (c.vision_width,))
+        self.positional_embedding = self.param("positional_embedding", normal(scale),
+                                               (c.num_patches + 1, c.vision_width))
+        self.ln_pre = LayerNorm(dtype=c.compute_dtype)
+        self.blocks = make_blocks(c, c.vision_width, c.vision_heads, c.vision_layers, "resblocks_")
+        self.ln_post = LayerNorm(dtype=c.compute_dtype)
+        self.proj = self.param("proj", normal(scale), (c.vision_width, c.embed_dim))
+
+    def embed(self, images):
+        """[B, H, W, 3] -> [B, 1 + P, D] tokens after ln_pre."""
+        c = self.config
+        x = self.conv1(images.astype(c.compute_dtype))
+        x = x.reshape(x.shape[0], -1, c.vision_width)
+        cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (x.shape[0], 1, c.vision_width))
+        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
+        return self.ln_pre(x)
+
+    def guide_to_width(self, guide):
+        """Text embedding [B, E] -> guidance in the vision width [B, D]: L2-normalised, times proj^T."""
+        guide = guide.astype(jnp.float32)
+        guide = guide / jnp.linalg.norm(guide, axis=-1, keepdims=True)
+        return jax.lax.stop_gradient(guide @ self.proj.T)
+
+    def __call__(self, images, guide: Optional[jax.Array] = None, rng: Optional[jax.Array] = None):
+        """Image features [B, E] (not normalised).
+
+        guide: the paired caption's text embedding [B, E]; text-guided methods prune only when given it.
+        rng: the random key for `random` masking, which prunes only when given one (training).
+        """
+        x = self.embed(images)
+        schedule = self.reduction
+        active = self._active_stages(guide, rng)
+        begin = {schedule.begin_layers[s]: s for s in active}
+        guide_vec = self.guide_to_width(guide) if guide is not None and schedule.text_guided else None
+        cls_attention = None
+        for i, block in enumerate(self.blocks):
+            if i in begin:
+                s = begin[i]
+                group_end = schedule.begin_layers[s + 1] if s + 1 < len(schedule.begin_layers) else len(self.blocks)
+                inputs = StageInputs(x, self.blocks[i:group_end], schedule.mix, guide_vec, cls_attention, rng)
+                scores = score_candidates(schedule.method, inputs)
+                x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge)
+                self.sow("intermediates", "kept_indices", kept)
+            if schedule.method == "evit" and i + 1 in begin:
+                x, cls_attention = block(x, None, False, True)
+            else:
+                x = block(x)
+        return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
+
+    def _active_stages(self, guide, rng) -> list[int]:
+        """The stages that prune in this call (see spec 1.3 for when text-guided methods prune)."""
+        schedule = self.reduction
+        if not schedule.prunes:
+            return []
+        if schedule.text_guided and guide is None:
+            return []
+        if schedule.method == "random" and rng is None:
+            return []
+        return [s for s in range(len(schedule.keep)) if schedule.stage_is_active(s)]
+
+
+class TextTransformer(nn.Module):
+    """Causal text encoder pooled at the EOT token (the highest id in each row)."""
+
+    config: CLIPConfig
+
+    def setup(self):
+        c = self.config
+        self.token_embedding = nn.Embed(c.vocab_size, c.text_width, embedding_init=normal(0.02),
+                                        dtype=c.compute_dtype, param_dtype=jnp.float32)
+        self.positional_embedding = self.param("positional_embedding", normal(0.01),
+                                               (c.context_length, c.text_width))
+        self.blocks = make_blocks(c, c.text_width, c.text_heads, c.text_layers, "resblocks_")
+        self.ln_final = LayerNorm(dtype=c.compute_dtype)
+        self.text_projection = self.param("text_projection", normal(c.text_width ** -0.5),
+                                          (c.text_width, c.embed_dim))
+
+    def __call__(self, tokens):
+        """tokens [B, L] int, L <= context_length -> text features [B, E] (not normalised)."""
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.config.compute_dtype)
+        for block in self.blocks:
+            x = block(x, None, True)
+        x = self.ln_final(x)
+        eot = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
+        return eot.astype(jnp.float32) @ self.text_projection
