@@ -116,6 +116,7 @@ class ResidualBlock(nn.Module):
     heads: int
     mlp_ratio: float = 4.0
     activation: str = "quick_gelu"
+    causal: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -124,16 +125,22 @@ class ResidualBlock(nn.Module):
         self.ln_2 = LayerNorm(dtype=self.dtype)
         self.mlp = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, dtype=self.dtype)
 
-    def __call__(self, x, mask=None, is_causal: bool = False, return_cls_attention: bool = False):
-        """Returns the block output, and with `return_cls_attention` also the head-averaged CLS-row
-        attention probabilities [B, T] (fp32) of this block's attention."""
+    def __call__(self, x, mask=None):
+        return self._forward(x, mask, return_cls_attention=False)
+
+    def with_cls_attention(self, x, mask=None):
+        """The block output and the head-averaged CLS-row attention probabilities [B, T] (fp32) of this
+        block's attention, computed from the CLS query alone."""
+        return self._forward(x, mask, return_cls_attention=True)
+
+    def _forward(self, x, mask, return_cls_attention: bool):
         h = self.ln_1(x)
-        x = x + self.attn(h, mask=mask, is_causal=is_causal).astype(x.dtype)
+        x = x + self.attn(h, mask=mask, is_causal=self.causal).astype(x.dtype)
         x = x + self.mlp(self.ln_2(x)).astype(x.dtype)
-        if return_cls_attention:
-            key_mask = None if mask is None else _key_mask_from(mask)
-            return x, self.attn.cls_attention(h, key_mask)
-        return x
+        if not return_cls_attention:
+            return x
+        key_mask = None if mask is None else _key_mask_from(mask)
+        return x, self.attn.cls_attention(h, key_mask)
 
     def cls_attention(self, x, key_mask=None):
         """Only the CLS-row attention probabilities this block would compute on x: [B, T]."""

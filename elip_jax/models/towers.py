@@ -14,11 +14,12 @@ from elip_jax.reduction import ReductionSchedule, StageInputs, prune_tokens, sco
 normal = nn.initializers.normal
 
 
-def make_blocks(config: CLIPConfig, width: int, heads: int, layers: int, prefix: str):
-    # return_cls_attention (arg 4, counting self) changes the output structure, so it must be static.
-    block_cls = nn.remat(ResidualBlock, static_argnums=(3, 4)) if config.remat else ResidualBlock
-    return [block_cls(width, heads, config.mlp_ratio, config.activation, dtype=config.compute_dtype,
-                      name=f"{prefix}{i}") for i in range(layers)]
+def make_blocks(config: CLIPConfig, width: int, heads: int, layers: int, causal: bool = False):
+    block_cls = ResidualBlock
+    if config.remat:  # the cheap `cls_attention` runs without gradient and needs no remat
+        block_cls = nn.remat(ResidualBlock, methods=["__call__", "with_cls_attention"])
+    return [block_cls(width, heads, config.mlp_ratio, config.activation, causal, dtype=config.compute_dtype,
+                      name=f"resblocks_{i}") for i in range(layers)]
 
 
 class VisionTransformer(nn.Module):
@@ -40,7 +41,7 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = self.param("positional_embedding", normal(scale),
                                                (c.num_patches + 1, c.vision_width))
         self.ln_pre = LayerNorm(dtype=c.compute_dtype)
-        self.blocks = make_blocks(c, c.vision_width, c.vision_heads, c.vision_layers, "resblocks_")
+        self.blocks = make_blocks(c, c.vision_width, c.vision_heads, c.vision_layers)
         self.ln_post = LayerNorm(dtype=c.compute_dtype)
         self.proj = self.param("proj", normal(scale), (c.vision_width, c.embed_dim))
 
@@ -80,7 +81,7 @@ class VisionTransformer(nn.Module):
                 x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge)
                 self.sow("intermediates", "kept_indices", kept)
             if schedule.method == "evit" and i + 1 in begin:
-                x, cls_attention = block(x, None, False, True)
+                x, cls_attention = block.with_cls_attention(x)
             else:
                 x = block(x)
         return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
@@ -108,7 +109,7 @@ class TextTransformer(nn.Module):
                                         dtype=c.compute_dtype, param_dtype=jnp.float32)
         self.positional_embedding = self.param("positional_embedding", normal(0.01),
                                                (c.context_length, c.text_width))
-        self.blocks = make_blocks(c, c.text_width, c.text_heads, c.text_layers, "resblocks_")
+        self.blocks = make_blocks(c, c.text_width, c.text_heads, c.text_layers, causal=True)
         self.ln_final = LayerNorm(dtype=c.compute_dtype)
         self.text_projection = self.param("text_projection", normal(c.text_width ** -0.5),
                                           (c.text_width, c.embed_dim))
@@ -118,7 +119,7 @@ class TextTransformer(nn.Module):
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.config.compute_dtype)
         for block in self.blocks:
-            x = block(x, None, True)
+            x = block(x)
         x = self.ln_final(x)
         eot = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         return eot.astype(jnp.float32) @ self.text_projection

@@ -11,10 +11,18 @@ import jax.numpy as jnp
 MERGE_EPS = 1e-6
 
 
+def rank_candidates(scores: jax.Array) -> jax.Array:
+    """Candidate indices [B, C] from the highest score down; ties go to the lower index.
+
+    A stable sort rather than lax.top_k: XLA's SPMD partitioner splits a sort along the batch axis but
+    gathers the whole batch onto every device for TopK, which would make selection communicate.
+    """
+    return jnp.argsort(-scores, axis=-1, stable=True)
+
+
 def top_k_in_order(scores: jax.Array, k: int) -> jax.Array:
     """Indices [B, k] of the k highest scores, ascending by position. Ties go to the lower index."""
-    _, idx = jax.lax.top_k(scores, k)
-    return jnp.sort(idx, axis=-1)
+    return jnp.sort(rank_candidates(scores)[:, :k], axis=-1)
 
 
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -22,15 +30,14 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
-def merge_pruned(candidates: jax.Array, scores: jax.Array, kept_idx: jax.Array) -> jax.Array:
-    """Score-weighted sum of the candidates NOT in kept_idx: [B, 1, D].
+def merge_tokens(candidates: jax.Array, scores: jax.Array, pruned_idx: jax.Array) -> jax.Array:
+    """Score-weighted sum of the pruned candidates: [B, 1, D].
 
     Weights are a_pruned / (sum(a_pruned) + 1e-6), constants (no gradient through scores, spec 1.2 step 5).
     """
-    pruned = jnp.ones(scores.shape, bool).at[jnp.arange(scores.shape[0])[:, None], kept_idx].set(False)
-    weights = jnp.where(pruned, jax.lax.stop_gradient(scores), 0.0)
+    weights = jax.lax.stop_gradient(jnp.take_along_axis(scores, pruned_idx, axis=1))
     weights = weights / (weights.sum(axis=-1, keepdims=True) + MERGE_EPS)
-    merged = jnp.einsum("bn,bnd->bd", weights.astype(candidates.dtype), candidates)
+    merged = jnp.einsum("bn,bnd->bd", weights.astype(candidates.dtype), gather_tokens(candidates, pruned_idx))
     return merged[:, None, :]
 
 
@@ -41,8 +48,9 @@ def prune_tokens(x: jax.Array, scores: jax.Array, keep: int, merge: bool):
     """
     scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
     candidates = x[:, 1:]
-    kept_idx = top_k_in_order(scores, keep)
+    ranked = rank_candidates(scores)
+    kept_idx = jnp.sort(ranked[:, :keep], axis=-1)
     parts = [x[:, :1], gather_tokens(candidates, kept_idx)]
     if merge:
-        parts.append(merge_pruned(candidates, scores, kept_idx))
+        parts.append(merge_tokens(candidates, scores, ranked[:, keep:]))
     return jnp.concatenate(parts, axis=1), kept_idx
