@@ -1,7 +1,6 @@
 """The two-tower CLIP model and `create_model`."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import flax.linen as nn
@@ -30,7 +29,9 @@ class CLIP(nn.Module):
     def setup(self):
         self.visual = VisionTransformer(self.config, self.reduction)
         self.text = TextTransformer(self.config)
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)), ())
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.config.init_logit_scale), ())
+        if self.config.init_logit_bias is not None:
+            self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.config.init_logit_bias), ())
 
     def encode_image(self, images, guide: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
                      normalize: bool = False):

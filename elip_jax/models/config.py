@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jax.numpy as jnp
 
-VOCAB_SIZE = 49408  # OpenAI CLIP BPE: 49152 merges-derived tokens + SOT/EOT ... up to 49407
+VOCAB_SIZE = 49408  # OpenAI CLIP BPE: 512 byte tokens, 48894 merges, <start_of_text>, <end_of_text>
 CONTEXT_LENGTH = 77
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -32,6 +33,8 @@ class CLIPConfig:
     activation: str = "quick_gelu"  # "quick_gelu" (OpenAI) or "gelu" (open_clip's default models)
     dtype: str = "float32"  # compute dtype; parameters are always fp32
     remat: bool = False  # rematerialise each block in the backward pass
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: Optional[float] = None  # SigLIP's learned bias (open_clip's init_logit_bias); None: none
 
     def __post_init__(self):
         if self.activation not in ("quick_gelu", "gelu"):

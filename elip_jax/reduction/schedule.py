@@ -75,8 +75,16 @@ class ReductionSchedule:
 
 
 def default_begin_layers(depth: int) -> tuple:
-    """ELIP's 2/4/10 scaled to the tower's depth: round(b * depth / 12)."""
-    return tuple(int(math.floor(b * depth / 12 + 0.5)) for b in DEFAULT_BEGIN_LAYERS_12)
+    """ELIP's 2/4/10 scaled to the tower's depth: round(b * depth / 12) (24 blocks: 4, 8, 20).
+
+    Towers shallower than 12 blocks could round two points onto one block: each point then moves to at
+    least one block after the previous one (4 blocks: 1, 2, 3).
+    """
+    layers = []
+    for b in DEFAULT_BEGIN_LAYERS_12:
+        layer = max(int(math.floor(b * depth / 12 + 0.5)), 1)
+        layers.append(max(layer, layers[-1] + 1) if layers else layer)
+    return tuple(layers)
 
 
 def make_schedule(method: str, num_patches: int, depth: int,
