@@ -1,6 +1,7 @@
 """elip_jax: ELIP text-guided vision-token pruning and merging for CLIP pre-training, in JAX/Flax."""
 from elip_jax.models import CLIP, CLIPConfig, create_model, get_config, list_models
 from elip_jax.reduction import ReductionSchedule, make_schedule
+from elip_jax.convert import load_pretrained
 
 __version__ = "0.1.0"
 
@@ -12,4 +13,4 @@ def tokenize(texts, context_length: int = 77, vocab_path=None):
 
 
 __all__ = ["CLIP", "CLIPConfig", "ReductionSchedule", "create_model", "get_config", "list_models",
-           "make_schedule", "tokenize"]
+           "load_pretrained", "make_schedule", "tokenize"]

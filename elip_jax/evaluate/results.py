@@ -1,0 +1,107 @@
+"""Result records in CLIP_benchmark's JSON layout, the reduction-sweep table, and atomic writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Optional, Sequence
+
+CLASSIFICATION_KEYS = ("acc1", "acc5", "mean_per_class_recall")
+TASKS = ("zeroshot_classification", "zeroshot_retrieval")
+
+
+def describe_reduction(schedule) -> dict:
+    """What the image tower does at evaluation: method, schedule and the tokens entering each block.
+
+    Text-guided methods get no guide at evaluation, so they do not prune (ELIP_SPEC 1.3): said explicitly
+    in 'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
+    """
+    prunes = bool(schedule.prunes and not schedule.text_guided and schedule.method != "random"
+                  and any(schedule.stage_is_active(s) for s in range(len(schedule.keep))))
+    return {"method": schedule.method, "begin_layers": list(schedule.begin_layers), "keep": list(schedule.keep),
+            "keep_ratios": [k / schedule.num_patches for k in schedule.keep] if schedule.num_patches else [],
+            "prunes_at_eval": prunes,
+            "tokens_per_block": schedule.tokens_per_block() if prunes else [1 + schedule.num_patches] * schedule.depth}
+
+
+def result_record(*, dataset: str, model: str, task: str, metrics: dict, pretrained: Optional[str] = None,
+                  split: Optional[str] = None, reduction: Optional[dict] = None, flops_per_image=None,
+                  examples_per_second=None, num_examples=None, extra: Optional[dict] = None) -> dict:
+    """One evaluation, as CLIP_benchmark writes it ('dataset', 'model', 'pretrained', 'task', 'metrics',
+    'language'), with ours beside 'metrics': flops_per_image, examples_per_second, reduction, split."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    record = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "language": "en",
+              "metrics": metrics, "split": split, "num_examples": num_examples, "flops_per_image": flops_per_image,
+              "examples_per_second": examples_per_second, "reduction": reduction}
+    record.update(extra or {})
+    return record
+
+
+def headline_keys(task: str) -> tuple:
+    if task == "zeroshot_classification":
+        return CLASSIFICATION_KEYS
+    return ("image_retrieval_recall@1", "image_retrieval_recall@5", "text_retrieval_recall@1",
+            "text_retrieval_recall@5")
+
+
+def sweep_markdown(records: Sequence[dict]) -> str:
+    """A markdown table: one row per schedule, its headline metrics, FLOPs per image and the ratio to row 1."""
+    if not records:
+        raise ValueError("sweep_markdown needs at least one record")
+    task = records[0]["task"]
+    keys = headline_keys(task)
+    base = records[0].get("flops_per_image")
+    header = ["method", "keep ratios", "tokens per block", *keys, "GFLOPs / image", "FLOPs vs first row",
+              "images / s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for record in records:
+        red = record["reduction"]
+        ratios = ", ".join(f"{r:.2f}" for r in red["keep_ratios"]) or "-"
+        flops = record.get("flops_per_image")
+        cells = [red["method"] + ("" if red["prunes_at_eval"] or red["method"] == "none" else " (unpruned)"),
+                 ratios, compact_counts(red["tokens_per_block"])]
+        cells += [_percent(record["metrics"].get(k)) for k in keys]
+        cells += [_number(flops / 1e9 if flops else None, 3), _number(flops / base if flops and base else None, 3),
+                  _number(record.get("examples_per_second"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compact_counts(counts: Sequence[int]) -> str:
+    """[197, 197, 178, 178] -> '197x2, 178x2'."""
+    runs: list[list[int]] = []
+    for c in counts:
+        if runs and runs[-1][0] == c:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    return ", ".join(f"{c}x{n}" if n > 1 else str(c) for c, n in runs)
+
+
+def _percent(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_json(path: str, payload) -> None:
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write beside `path` and rename, so a reader never sees half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
