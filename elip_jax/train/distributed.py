@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Optional
 
 import jax
@@ -33,14 +37,36 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         return False
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    where = coordinator_address or "the address found in the cluster environment"
+    failure = (f"could not join the distributed job at {where} within {timeout_s} s (process {process_id} of "
+               f"{num_processes}): a peer never arrived or the coordinator is unreachable. Check that every "
+               f"process runs the same command with the same coordinator address")
+    if explicit and process_id != 0:
+        wait_for_coordinator(coordinator_address, timeout_s, failure)
+    # jax aborts the process (it does not raise) when peers are missing at its deadline: say why first
+    watchdog = threading.Timer(max(timeout_s - 1, 0.5), lambda: print(f"elip_jax: {failure}", file=sys.stderr,
+                                                                       flush=True))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=timeout_s)
     except Exception as error:  # jax raises XlaRuntimeError / RuntimeError depending on the version
-        where = coordinator_address or "the address found in the cluster environment"
-        raise RuntimeError(
-            f"could not join the distributed job at {where} within {timeout_s} s "
-            f"(process {process_id} of {num_processes}): a peer never arrived or the coordinator is "
-            f"unreachable. Check that every process runs the same command with the same coordinator. "
-            f"Cause: {error}") from error
+        raise RuntimeError(f"{failure}. Cause: {error}") from error
+    finally:
+        watchdog.cancel()
     return True
+
+
+def wait_for_coordinator(address: str, timeout_s: float, failure: str):
+    """Polls the coordinator's port until it accepts a connection; RuntimeError(failure) at the deadline."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{failure}. Cause: {error}") from error
+            time.sleep(0.25)

@@ -84,11 +84,13 @@ def prepare_data_config(config):
     data_config = config.data.copy_and_resolve_references()
     with data_config.unlocked():
         data_config.data_dir = config.data.data_dir or None
-        if data_config.name == data_lib.BUILTIN_DATASET:
+        name, _, variant = data_config.name.partition("/")
+        if name == data_lib.BUILTIN_DATASET:  # generated offline on first use
+            build = lambda: data_lib.prepare_builtin(data_config.data_dir, config=variant or "full")
             if jax.process_index() == 0:
-                data_config.data_dir = data_lib.prepare_builtin(data_config.data_dir)
+                build()
             multihost_utils.sync_global_devices("builtin dataset ready")
-            data_config.data_dir = data_lib.prepare_builtin(data_config.data_dir)  # already built: a lookup
+            data_config.data_dir = build()  # already built: a lookup
     return data_config
 
 
@@ -289,6 +291,7 @@ def log_step(writer, step, step_metrics, state, timing: StepTimer, flops_per_ste
     for i, tokens in enumerate(model.reduction.tokens_per_block()):
         scalars[f"tokens/block_{i:02d}"] = float(tokens)
     writer.write(step, scalars)
+    writer.append_history(step, scalars)
     timing.reset()
     return {k: v for k, v in scalars.items() if not k.startswith("tokens/")}
 

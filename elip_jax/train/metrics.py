@@ -1,6 +1,7 @@
 """What users watch: console progress, TensorBoard scalars, throughput, TFLOP/s and MFU."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Optional
@@ -39,6 +40,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int):
         self.is_main = jax.process_index() == 0
+        self._history_path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         self._bar = None
         if self.is_main:
@@ -62,6 +64,12 @@ class MetricsWriter:
             shown = {k.split("/")[-1]: (f"{v:.4g}" if isinstance(v, float) else v)
                      for k, v in scalars.items() if k.startswith(("train/", "perf/")) and v is not None}
             self._bar.set_postfix(shown, refresh=False)
+
+    def append_history(self, step: int, scalars: dict):
+        """One JSON line per log point in workdir/metrics.jsonl (appended across resumed runs)."""
+        if self.is_main:
+            with open(self._history_path, "a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def message(self, text: str):
         if not self.is_main:

@@ -1,0 +1,264 @@
+"""The trainer: config validation, the step's safeguards, checkpoints, exact resume after SIGKILL, many processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+import elip_jax
+from elip_jax.data import prepare_builtin
+from elip_jax.train import checkpointing
+from elip_jax.train.defaults import validate_config
+from elip_jax.train.loop import train
+from elip_jax.train.optim import decay_mask
+from elip_jax.train.step import init_state, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # noqa: E402  (configs/smoke.py)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepare_builtin(str(tmp_path_factory.mktemp("data")), config="small")
+
+
+def smoke_config(data_dir, **overrides):
+    config = smoke.get_config()
+    config.data.data_dir = data_dir
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def run_cli(workdir, data_dir, *flags, devices=8, env_extra=None, wait=True):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py", f"--workdir={workdir}",
+           f"--config.data.data_dir={data_dir}", *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    return proc
+
+
+def final_params(workdir, step):
+    restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return restored["params"]
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["train/loss"] for r in map(json.loads, f)}
+
+
+# ---------------------------------------------------------------- config and step
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.name", "ViT-Q-99", "config.model.name = 'ViT-Q-99' is invalid: expected one of"),
+    ("reduction.method", "prune", "config.reduction.method = 'prune' is invalid"),
+    ("optim.grad_accum_steps", 3, r"config.optim.grad_accum_steps = 3 is invalid: expected a divisor of batch_size"),
+    ("loss", "hinge", "config.loss = 'hinge' is invalid"),
+    ("eval.reduction", "elip", "config.eval.reduction = 'elip' is invalid"),
+    ("batch_size", 0, "config.batch_size = 0 is invalid: expected an int >= 1"),
+])
+def test_invalid_config_values_fail_before_compiling_naming_the_key(key, value, message):
+    config = smoke_config("unused", **{key: value})
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def test_a_schedule_that_does_not_fit_the_model_is_named(data_dir, tmp_path):
+    config = smoke_config(data_dir, **{"reduction.begin_layers": (1, 9), "reduction.keep_ratios": (0.5, 0.2)})
+    with pytest.raises(ValueError, match=r"config.reduction is invalid for tiny .*begin_layers\[1\] = 9"):
+        train(config, str(tmp_path))
+
+
+def test_weight_decay_skips_norms_biases_embeddings_and_the_logit_scale():
+    model = elip_jax.create_model("tiny")
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 77), jnp.int32))
+    mask = decay_mask(shapes["params"])
+    assert mask["visual"]["resblocks_0"]["attn"]["in_proj_kernel"]
+    assert mask["visual"]["conv1"]["kernel"] and mask["visual"]["proj"] and mask["text"]["text_projection"]
+    assert not mask["visual"]["resblocks_0"]["attn"]["in_proj_bias"]
+    assert not mask["visual"]["ln_pre"]["LayerNorm_0"]["scale"]
+    assert not mask["text"]["token_embedding"]["embedding"]
+    assert not mask["visual"]["positional_embedding"] and not mask["visual"]["class_embedding"]
+    assert not mask["logit_scale"]
+
+
+def _step_setup(accum=1, lr=1e-3):
+    model = elip_jax.create_model("tiny", reduction="elip")
+    images = jax.random.randint(jax.random.key(1), (8, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    tokens = elip_jax.tokenize([f"a {c} circle" for c in ("red", "blue", "green", "white") * 2])
+    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]
+    tx = optax.adamw(lr)
+    step = make_train_step(model, tx, optax.constant_schedule(lr), loss_name="clip", logit_scale_max=100.0,
+                           grad_accum_steps=accum)
+    return jax.jit(step), init_state(params, tx, 0), {"images": images, "tokens": jnp.asarray(tokens)}
+
+
+def test_a_non_finite_loss_skips_the_update_and_is_counted():
+    step, state, batch = _step_setup()
+    poisoned = jax.tree_util.tree_map(lambda x: x, state)
+    poisoned = poisoned.replace(params={**state.params, "logit_scale": jnp.float32(jnp.nan)})
+    new_state, metrics = step(poisoned, batch)
+    assert not bool(metrics["finite"])
+    assert int(new_state.nonfinite_in_a_row) == 1 and int(new_state.nonfinite_total) == 1 and int(new_state.step) == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.opt_state, poisoned.opt_state)
+    np.testing.assert_array_equal(new_state.params["visual"]["proj"], state.params["visual"]["proj"])
+    good_state, metrics = step(state, batch)
+    assert bool(metrics["finite"]) and int(good_state.nonfinite_in_a_row) == 0
+    assert not np.array_equal(good_state.params["visual"]["proj"], state.params["visual"]["proj"])
+
+
+def test_logit_scale_is_clamped_at_100():
+    step, state, batch = _step_setup()
+    state = state.replace(params={**state.params, "logit_scale": jnp.float32(np.log(500.0))})
+    new_state, metrics = step(state, batch)
+    assert float(new_state.params["logit_scale"]) == pytest.approx(np.log(100.0))
+    assert float(metrics["logit_scale"]) == pytest.approx(100.0, rel=1e-5)
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients():
+    step1, state, batch = _step_setup(accum=1)
+    step2, _, _ = _step_setup(accum=2)
+    _, m2 = step2(state, batch)
+    # by hand: the mean of the two micro-batches' losses (examples 0,2,4,6 and 1,3,5,7)
+    halves = [{k: v[i::2] for k, v in batch.items()} for i in (0, 1)]
+    hand = np.mean([float(step1(state, h)[1]["loss"]) for h in halves])
+    assert float(m2["loss"]) == pytest.approx(hand, rel=1e-5)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+FULL_DISK_SCRIPT = """
+import json, logging, sys
+import jax.numpy as jnp, numpy as np
+from elip_jax.train import checkpointing
+logging.basicConfig(level=logging.ERROR)
+directory = sys.argv[1]
+checkpointer = checkpointing.Checkpointer(directory + "/ckpt", every_steps=1, keep=3, async_save=True)
+ok1 = checkpointer.save(1, {"w": jnp.arange(4.0)}, {"position": 1}) and checkpointer.wait()
+try:  # fill the disk
+    with open(directory + "/filler", "wb") as f:
+        while True:
+            f.write(b"x" * 65536)
+            f.flush()
+except OSError:
+    pass
+ok2 = checkpointer.save(2, {"w": jnp.zeros(4)}, {"position": 2}) and checkpointer.wait()
+import jax
+checkpointer = checkpointing.Checkpointer(directory + "/ckpt", every_steps=1, keep=3)  # as a resumed run would
+restored, data = checkpointer.restore({"w": jax.ShapeDtypeStruct((4,), jnp.float32)}, 1)
+print(json.dumps({"ok1": bool(ok1), "ok2": bool(ok2), "latest": checkpointer.latest_step(),
+                  "w": np.asarray(restored["w"]).tolist(), "data": data}))
+"""
+
+
+def test_a_save_on_a_full_disk_is_reported_and_earlier_checkpoints_stay_intact(tmp_path):
+    """A real full disk: a 1 MiB tmpfs in a private mount namespace (unshare), filled after the first save."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    shell = f"mount -t tmpfs -o size=1m tmpfs {disk} && {sys.executable} {script} {disk}"
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", shell], cwd=REPO, capture_output=True, text=True,
+                         timeout=180, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok1"] and not result["ok2"]
+    assert "earlier checkpoints are intact" in out.stderr
+    assert result["latest"] == 1 and result["w"] == [0.0, 1.0, 2.0, 3.0] and result["data"] == {"position": 1}
+
+
+def test_sigterm_saves_and_stops_and_a_rerun_finishes(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = run_cli(workdir, data_dir, "--config.num_steps=400", "--config.checkpoint.every_steps=1000", wait=False)
+    metrics_file = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while not os.path.exists(metrics_file) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out[-3000:]  # stopped early, resumable
+    assert "preemption signal" in out
+    saved = ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step()
+    assert saved is not None and 1 <= saved < 400
+
+
+def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
+    steps = 12
+    interrupted = str(tmp_path / "interrupted")
+    proc = run_cli(interrupted, data_dir, wait=False)
+    deadline = time.time() + 240
+    checkpoint_dir = os.path.join(interrupted, "checkpoints")
+    while time.time() < deadline and not os.path.isdir(os.path.join(checkpoint_dir, "4")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed_at = ocp.CheckpointManager(checkpoint_dir).latest_step()
+    assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
+
+    summary = train(smoke_config(data_dir), interrupted)  # resume in this process
+    assert summary["finished"] and summary["steps"] == steps
+
+    uninterrupted = str(tmp_path / "uninterrupted")
+    train(smoke_config(data_dir), uninterrupted)
+    a, b = final_params(interrupted, steps), final_params(uninterrupted, steps)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    for step, loss in losses(uninterrupted).items():
+        if step > killed_at:
+            assert losses(interrupted)[step] == loss
+
+
+def test_restoring_onto_a_different_number_of_devices(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    run_cli(workdir, data_dir, "--config.num_steps=4", "--config.mesh.fsdp=2", "--config.param_sharding=fsdp",
+            devices=2)
+    config = smoke_config(data_dir, num_steps=6)
+    summary = train(config, workdir)  # 8 devices, replicated parameters
+    assert summary["finished"] and summary["steps"] == 6 and summary["devices"] == 8
+    assert sorted(losses(workdir)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_processes_give_the_losses_of_one_process(data_dir, tmp_path):
+    """2 processes x 2 CPU devices over gloo against 1 process x 4 devices, same global batch."""
+    single = str(tmp_path / "single")
+    run_cli(single, data_dir, "--config.num_steps=3", devices=4)
+    multi = str(tmp_path / "multi")
+    port = 20000 + os.getpid() % 20000
+    procs = [run_cli(multi, data_dir, "--config.num_steps=3", f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}", devices=2, wait=False) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    with open(os.path.join(multi, "summary.json")) as f:
+        assert json.load(f)["processes"] == 2
+    expected, got = losses(single), losses(multi)
+    assert sorted(got) == [1, 2, 3]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
+
+
+def test_a_peer_that_never_arrives_gives_a_clear_error(tmp_path):
+    code = ("from elip_jax.train.distributed import initialize\n"
+            "initialize('127.0.0.1:1', num_processes=2, process_id=1, timeout_s=3)\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert "could not join the distributed job at 127.0.0.1:1 within 3 s" in out.stderr
