@@ -24,23 +24,26 @@ EVAL_REDUCTIONS = ("none", "evit", "elip", "elip_inline")
 
 def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optional[str] = None, seed: int = 0,
                **overrides):
-    """(model, variables, description) from a converted checkpoint directory, or a random-init model by name.
-
-    Hook for training workdirs: a directory holding a trainer's checkpoints is not handled here yet; the
-    trainer's restore function belongs in this branch (it must return the same triple).
-    """
+    """(model, variables, description) from a training workdir (its latest checkpoint), a converted
+    checkpoint directory, or a random-init model by name."""
     import elip_jax
+    from elip_jax.train.workdir import is_workdir, load_workdir
 
     if (pretrained_or_workdir is None) == (model_name is None):
         raise ValueError("give exactly one of a pretrained directory (--pretrained) or a model name (--model)")
     if pretrained_or_workdir is not None:
         if not os.path.isdir(pretrained_or_workdir):
-            raise ValueError(f"--pretrained must be a directory written by `python -m elip_jax.convert`; "
-                             f"{pretrained_or_workdir!r} is not a directory")
-        model, variables = elip_jax.load_pretrained(pretrained_or_workdir)
+            raise ValueError(f"--pretrained must be a directory written by `python -m elip_jax.convert` or a "
+                             f"training workdir; {pretrained_or_workdir!r} is not a directory")
+        name = os.path.basename(os.path.normpath(pretrained_or_workdir))
+        if is_workdir(pretrained_or_workdir):
+            model, variables, step = load_workdir(pretrained_or_workdir)
+            name = f"{name}@step{step}"
+        else:
+            model, variables = elip_jax.load_pretrained(pretrained_or_workdir)
         if overrides:
             model = elip_jax.CLIP(model.config.replace(**overrides), model.reduction)
-        return model, variables, os.path.basename(os.path.normpath(pretrained_or_workdir))
+        return model, variables, name
     model = elip_jax.create_model(model_name, **overrides)
     return model, random_variables(model, seed), model_name
 
@@ -67,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m elip_jax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pretrained", help="directory from `python -m elip_jax.convert` (Orbax + config.json)")
+    source.add_argument("--pretrained", help="a directory from `python -m elip_jax.convert` (Orbax + config.json), "
+                        "or a training workdir (its latest checkpoint)")
     source.add_argument("--model", help="architecture name, randomly initialised (smoke tests, benchmarks)")
     p.add_argument("--dataset", required=True,
                    help=f"TFDS name, or 'builtin'. Class names known for: {', '.join(known_datasets())}; "

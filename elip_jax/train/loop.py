@@ -20,9 +20,9 @@ from elip_jax.train import checkpointing, metrics as metrics_lib, sharding
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.optim import learning_rate_schedule, make_optimizer
 from elip_jax.train.step import TrainState, init_state, make_train_step
+from elip_jax.train.workdir import MODEL_CONFIG_FILE
 
 log = logging.getLogger(__name__)
-MODEL_CONFIG_FILE = "model_config.json"
 
 
 class NonFiniteLossError(RuntimeError):
