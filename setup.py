@@ -26,7 +26,7 @@ RUNTIME = [
     "scikit-image",  # real offline images for the demo and tests
 ]
 CONVERT = ["torch==2.13.0", "safetensors"]  # pinned: an unpinned torch pulls several GB of CUDA packages
-TEST = CONVERT + ["pytest", "pytest-xdist", "transformers", "scikit-learn"]
+TEST = CONVERT + ["pytest", "pytest-xdist", "transformers", "scikit-learn", "tensorflow-cpu==2.21.0"]
 
 setup(
     name="elip_jax",

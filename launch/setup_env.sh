@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv if missing and installs the pinned dependencies and the project into it.
 #   launch/setup_env.sh          runtime only
-#   launch/setup_env.sh test     runtime + test/conversion dependencies (torch CPU, transformers, open_clip)
+#   launch/setup_env.sh test     runtime + test/conversion dependencies (torch CPU, transformers, TensorFlow CPU,
+#                                open_clip)
 # Every pinned file is installed with --no-deps: the pins are a complete, consistent closure, and this keeps
 # pip from pulling CUDA torch or torchvision through open_clip's declared dependencies.
 set -euo pipefail
@@ -10,15 +11,23 @@ profile="${1:-runtime}"
 files=(requirements/runtime.txt)
 [ "$profile" = test ] && files+=(requirements/test.txt requirements/open_clip.txt)
 
+pip_quietly() {  # pip, without the warnings some machines' pip configuration prints for every package
+  .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=".venv/.installed-$profile"
 digest=$(cat "${files[@]}" setup.py | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v "is ignored" || true
+  pip_quietly install --upgrade "pip>=24" setuptools wheel
   for f in "${files[@]}"; do
-    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r "$f" 2>&1 | grep -v "is ignored" || true
+    pip_quietly install --no-deps -r "$f"
   done
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import elip_jax" || { echo "installation failed: elip_jax does not import" >&2; exit 1; }
+  pip_quietly install --no-deps --no-build-isolation -e .
+  # from outside the checkout, so that the installed package is what imports
+  (cd / && "$OLDPWD/.venv/bin/python" -c "import elip_jax") \
+    || { echo "installation failed: elip_jax does not import from .venv" >&2; exit 1; }
   echo "$digest" > "$stamp"
 fi

@@ -52,8 +52,7 @@ def test_cli_retrieval_and_sweep(tmp_path, data_dir):
 
 
 def test_tfds_mock_data_classification(tmp_path):
-    """Through tfds.testing.mock_data: needs TensorFlow, which mock_data uses to encode its fake images."""
-    pytest.importorskip("tensorflow")
+    """Through tfds.testing.mock_data, whose fake images are encoded with TensorFlow (a test dependency)."""
     import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
         result = cli.main([*TINY, "--dataset", "cifar10", "--task", "zeroshot_classification", "--batch-size", "8",

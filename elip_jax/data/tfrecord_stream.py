@@ -3,7 +3,7 @@
 tfrecord has no random access, so this path is a stream: shuffling is file-level plus a shuffle buffer (not a
 global permutation), and a restored iterator re-reads and skips the examples already consumed (exact, O(k)).
 Convert to array_record for the full-featured path (sources.tfrecord_conversion_message says how).
-NOTE: CI has no TensorFlow; this module is exercised only where TensorFlow is importable.
+TensorFlow is a test dependency, so CI exercises this module.
 """
 from typing import Iterator, Optional, Tuple
 
@@ -24,7 +24,8 @@ def _tf_records(builder, split: str, *, shuffle: bool, seed: int, shuffle_buffer
     decoders = {key: tfds.decode.SkipDecoding() for key in sources.image_features(builder)}
     options = tf.data.Options()
     options.deterministic = True  # the order must not depend on thread timing: resumption relies on it
-    read_config = tfds.ReadConfig(shuffle_seed=seed, options=options)
+    # training shuffles even datasets that declare an order (disable_shuffling): their order is not ours to keep
+    read_config = tfds.ReadConfig(shuffle_seed=seed, options=options, enable_ordering_guard=not shuffle)
     ds = builder.as_dataset(split=split, decoders=decoders or None, shuffle_files=shuffle, read_config=read_config)
     if repeat:
         ds = ds.repeat()
