@@ -1,6 +1,5 @@
 """Bad input fails with a message naming what was found and what was expected, writes nothing, and a
 checkpoint that carries code is refused without running it."""
-import io
 import os
 import pickle
 import sys

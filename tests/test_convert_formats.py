@@ -13,8 +13,7 @@ import pytest
 import safetensors.numpy
 
 import elip_jax
-from elip_jax.convert import (ConversionError, convert_checkpoint, export_checkpoint, load_params,
-                              params_from_checkpoint, read_config)
+from elip_jax.convert import ConversionError, load_params, params_from_checkpoint, read_config
 from elip_jax.convert import hf_layout, openai_layout
 from elip_jax.convert.cli import main
 

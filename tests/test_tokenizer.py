@@ -1,6 +1,5 @@
 """elip_jax's CLIP tokenizer against the real references: open_clip's SimpleTokenizer and HF's CLIPTokenizer."""
 import gzip
-import html
 import json
 import os
 import random

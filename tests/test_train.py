@@ -15,7 +15,6 @@ import pytest
 
 import elip_jax
 from elip_jax.data import prepare_builtin
-from elip_jax.train import checkpointing
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.loop import train
 from elip_jax.train.optim import decay_mask

@@ -18,8 +18,6 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from elip_jax.convert.errors import ConversionError, UnsafeCheckpointError
 from elip_jax.convert.hf_layout import stated_by_hf_config
 from elip_jax.convert.torchscript import is_torchscript_zip, read_torchscript

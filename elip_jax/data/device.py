@@ -1,5 +1,5 @@
 """Host batches -> global jax.Arrays: each process contributes its local rows of the batch axis."""
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Optional, Sequence
+
+from elip_jax.fileio import atomic_write_text as atomic_write
 
 CLASSIFICATION_KEYS = ("acc1", "acc5", "mean_per_class_recall")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
@@ -90,18 +90,3 @@ def _number(value, digits: int) -> str:
 
 def write_json(path: str, payload) -> None:
     atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write beside `path` and rename, so a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

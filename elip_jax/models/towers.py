@@ -25,8 +25,8 @@ def make_blocks(config: CLIPConfig, width: int, heads: int, layers: int, causal:
 class VisionTransformer(nn.Module):
     """ViT image encoder whose blocks run in stages, with token reduction between stages.
 
-    Pruning decisions (kept candidate indices per stage) are sown into the 'intermediates' collection as
-    `kept_indices` so that tests and visualisations can read them.
+    Pruning decisions are sown into the 'intermediates' collection, one entry per active stage:
+    `kept_indices` (kept candidate positions) and `scores` (the candidates' scores), for tests and pictures.
     """
 
     config: CLIPConfig
@@ -80,6 +80,7 @@ class VisionTransformer(nn.Module):
                 scores = score_candidates(schedule.method, inputs)
                 x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge)
                 self.sow("intermediates", "kept_indices", kept)
+                self.sow("intermediates", "scores", scores)
             if schedule.method == "evit" and i + 1 in begin:
                 x, cls_attention = block.with_cls_attention(x)
             else:

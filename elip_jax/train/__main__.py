@@ -1,6 +1,5 @@
 """python -m elip_jax.train --config configs/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]"""
 import logging
-import sys
 
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from elip_jax import data as data_lib
+from elip_jax.fileio import atomic_write_json
 from elip_jax.models.clip import CLIP, schedule_for
 from elip_jax.models.config import CLIPConfig, get_config
 from elip_jax.train import checkpointing, metrics as metrics_lib, sharding
@@ -94,14 +94,6 @@ def prepare_data_config(config):
     return data_config
 
 
-def write_json(path: str, document: dict):
-    """Atomic: a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(document, f, indent=2, default=float)
-    os.replace(tmp, path)
-
-
 def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
     """Trains until config.num_steps (resuming from workdir's latest checkpoint) and returns the summary.
 
@@ -115,8 +107,8 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
                          f"({mesh.size})")
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        write_json(os.path.join(workdir, MODEL_CONFIG_FILE), dataclasses.asdict(model.config))
+        atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        atomic_write_json(os.path.join(workdir, MODEL_CONFIG_FILE), dataclasses.asdict(model.config))
 
     tx = make_optimizer(config.optim, config.num_steps)
     schedule = learning_rate_schedule(config.optim, config.num_steps)
@@ -205,7 +197,7 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     }
     checkpointer.close()
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "summary.json"), summary)
+        atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     if finished and not saved:
         raise RuntimeError(f"the final checkpoint of step {step} could not be saved (see the log); "
                            f"the latest good one is step {checkpointer.latest_step()}")
