@@ -6,13 +6,12 @@ Measures make_train_iterator end to end (read, decode, crop, tokenize, batch; no
 224 px with 0 and 2 grain worker processes, after a warm-up that absorbs worker start-up.
 """
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 
 import elip_jax.data as data
+from elip_jax.fileio import atomic_write_json
 
 
 def measure(config, image_size: int, batch_size: int, seconds: float) -> float:
@@ -46,10 +45,7 @@ def main():
                             "batch_size": args.batch_size, "images_per_s": round(rate, 1)})
             print(f"{image_size:>4} px  workers={workers}  {rate:8.1f} images/s", flush=True)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "results": results}
-    directory = os.path.dirname(os.path.abspath(args.json))
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(handle.name, args.json)  # atomic: never a half-written results file
+    atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":
