@@ -18,5 +18,6 @@ def get_config(arg: str = "elip"):
     c.checkpoint.every_steps = 200
     c.log_every_steps = 20
     c.eval.batch_size = 256
+    c.data.num_workers = 2  # worker processes: the step never waits for input (BENCHMARKS.md)
     c.data.prefetch = 4
     return c

@@ -335,8 +335,10 @@ def table_rows(result: dict) -> list[list[str]]:
                f"{q['analytic_flops']['forward']:.3f}", f"{q['analytic_flops']['image_train']:.3f}"]
         row += [_cell(r["xla_flops"][p], q["xla_flops"][p], 1e9) for p in PROGRAMS]
         row += [_cell(r["xla_temp_bytes"][p], q["xla_temp_bytes"][p], 2 ** 20) for p in MEMORY_PROGRAMS]
-        if "time_s" in r:
+        if "time_s" in r and absolute_times(result):
             row += [_cell(timing_of(r, p), q["time_s"][p], 1e-3) for p in TIMED_PROGRAMS]
+        elif "time_s" in r:
+            row += ["n/a" if q["time_s"][p] is None else f"{q['time_s'][p]:.2f}" for p in TIMED_PROGRAMS]
         rows.append(row)
     return rows
 
@@ -346,8 +348,14 @@ def table_header(result: dict) -> list[str]:
               "XLA GFLOP img fwd", "XLA GFLOP img-train", "XLA GFLOP full step",
               "temp MiB img-train", "temp MiB full step"]
     if any("time_s" in r for r in result["methods"].values()):
-        header += ["ms img-train", "ms full step"]
+        header += ["ms img-train", "ms full step"] if absolute_times(result) else \
+            ["time img-train (ratio)", "time full step (ratio)"]
     return header
+
+
+def absolute_times(result: dict) -> bool:
+    """Tables quote absolute times from accelerators only; a shared CPU's times mean little beyond ratios."""
+    return result["backend"] != "cpu"
 
 
 def markdown_table(result: dict) -> str:
