@@ -1,6 +1,6 @@
 """ViT-B/16 CLIP pre-training with ELIP on a TFDS image-text dataset (COCO captions by default).
 
-python -m elip_jax.train --config configs/vit_b16_elip.py --workdir gs://bucket/elip-b16 \
+python -m elip_jax.train --config configs/vit_b16_elip.py --workdir /shared/runs/elip-b16 \
     --config.data.data_dir=/data/tfds [--config.data.name=my_cc3m --config.data.caption_key=caption]
 ARG picks the token-reduction method: elip (default), elip_inline, evit, random or none.
 The dataset must be built as array_record (see README 'Data'); nothing is downloaded at run time.

@@ -38,7 +38,7 @@ MEMORY_PROGRAMS = ("image_train", "full_step")
 SOT, EOT = 49406, 49407  # CLIP BPE start/end-of-text ids
 CAPTION_LENGTH = 20  # synthetic captions: SOT, 18 word ids, EOT, then padding
 
-# Targets for ViT-B/16 at 224 px, image_train against none (see the project brief and ELIP_SPEC 1.4-1.5).
+# Targets for ViT-B/16 at 224 px, image_train against none (ELIP_SPEC 1.4-1.5).
 FLOPS_TARGETS = {"elip": 0.90, "elip_inline": 0.74, "evit": 0.73}
 MEMORY_TARGET = 0.80
 TIME_TOLERANCE = 0.10  # measured time ratio within 10 % of the XLA FLOPs ratio
@@ -184,7 +184,7 @@ def schedule_summary(model: elip_jax.CLIP) -> dict:
 
 
 def evaluate_targets(methods: dict, model_name: str, config: elip_jax.CLIPConfig) -> dict:
-    """Checks the brief's targets on image_train against none. They are stated for ViT-B/16 at 224 px;
+    """Checks the targets on image_train against none. They are stated for ViT-B/16 at 224 px;
     `applies` says whether this run is that setting."""
     checks = {}
     for method, result in methods.items():

@@ -122,23 +122,14 @@ def load_model(model_name: str, checkpoint: Optional[str], method: str, seed: in
         tokens = np.zeros((1, model.config.context_length), np.int32)
         return model, model.init(jax.random.PRNGKey(seed), image, tokens)
     try:
-        from elip_jax import load_pretrained
-    except ImportError as error:
-        raise SystemExit(f"--checkpoint needs elip_jax.load_pretrained, which this installation lacks ({error}); "
-                         "leave --checkpoint out to draw with random weights") from error
-    try:
-        return load_pretrained(checkpoint, reduction=method)  # (model, variables)
+        return elip_jax.load_pretrained(checkpoint, reduction=method)  # (model, variables)
     except (OSError, ValueError) as error:  # elip_jax.convert.ConversionError is a ValueError
         raise SystemExit(f"cannot load checkpoint {checkpoint!r}: {error}") from error
 
 
 def tokenize_caption(caption: str, context_length: int):
     import elip_jax
-    try:
-        return np.asarray(elip_jax.tokenize([caption], context_length=context_length))
-    except ImportError as error:
-        raise SystemExit(f"tokenizing the caption needs elip_jax.tokenizer, which is not available ({error})") \
-            from error
+    return np.asarray(elip_jax.tokenize([caption], context_length=context_length))
 
 
 def captured_scores(visual: dict, candidate_counts: Sequence[int]) -> Optional[list[np.ndarray]]:

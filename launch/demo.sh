@@ -15,8 +15,9 @@ import json, sys
 summary = json.load(open(f"{sys.argv[1]}/summary.json"))
 (dataset, metrics), = summary["eval"].items()
 chance = 1 / 16
+speed = summary['final'].get('perf/images_per_s')
 print(f"\n{summary['model']} pre-trained with {summary['reduction']} for {summary['steps']} steps "
-      f"({summary['final']['perf/images_per_s']:.0f} images/s at the end, tokens per block {summary['tokens_per_block']})")
+      f"({speed or 0:.0f} images/s at the end, tokens per block {summary['tokens_per_block']})")
 print(f"zero-shot {dataset} test: top-1 {metrics['acc1']:.1%} (chance {chance:.1%}, {metrics['acc1'] / chance:.1f}x), "
       f"top-5 {metrics['acc5']:.1%}, mean per-class recall {metrics['mean_per_class_recall']:.1%}")
 print(f"details: {sys.argv[1]}/summary.json, metrics.jsonl, tensorboard/")

@@ -4,7 +4,7 @@
 #   sbatch --nodes=4 --gpus-per-node=8 launch/slurm_gpu.sh configs/vit_b16_elip.py /shared/runs/b16 \
 #          --config.mesh.fsdp=8
 # WORKDIR must be on a filesystem every node sees. Install jax with CUDA in .venv first
-# (./launch/setup_env.sh, then .venv/bin/pip install 'jax[cuda12]').
+# (./launch/setup_env.sh, then .venv/bin/pip install 'jax[cuda12]==0.10.2', the jax of requirements/runtime.txt).
 #SBATCH --job-name=elip_jax
 #SBATCH --ntasks-per-node=1
 #SBATCH --exclusive

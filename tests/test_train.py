@@ -19,6 +19,7 @@ from elip_jax.train.defaults import validate_config
 from elip_jax.train.loop import train
 from elip_jax.train.optim import decay_mask
 from elip_jax.train.step import init_state, make_train_step
+from elip_jax.train.workdir import load_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -228,6 +229,10 @@ def test_restoring_onto_a_different_number_of_devices(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     run_cli(workdir, data_dir, "--config.num_steps=4", "--config.mesh.fsdp=2", "--config.param_sharding=fsdp",
             devices=2)
+    model, variables, step = load_workdir(workdir)  # evaluation on 8 devices of a checkpoint written on 2
+    assert step == 4 and model.config.image_size == 64
+    written = final_params(workdir, 4)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], written)
     config = smoke_config(data_dir, num_steps=6)
     summary = train(config, workdir)  # 8 devices, replicated parameters
     assert summary["finished"] and summary["steps"] == 6 and summary["devices"] == 8

@@ -20,7 +20,7 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> tuple[str, Optiona
     """'builtin' -> the built-in dataset's TFDS name and its (prepared) data directory; others unchanged."""
     from elip_jax import data
 
-    if dataset in (BUILTIN, getattr(data, "BUILTIN_DATASET", None)):
+    if dataset in (BUILTIN, data.BUILTIN_DATASET):
         return data.BUILTIN_DATASET, data.prepare_builtin(data_dir)
     return dataset, data_dir
 

@@ -20,11 +20,6 @@ def rank_candidates(scores: jax.Array) -> jax.Array:
     return jnp.argsort(-scores, axis=-1, stable=True)
 
 
-def top_k_in_order(scores: jax.Array, k: int) -> jax.Array:
-    """Indices [B, k] of the k highest scores, ascending by position. Ties go to the lower index."""
-    return jnp.sort(rank_candidates(scores)[:, :k], axis=-1)
-
-
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
     """x[b, idx[b, j]] for x [B, N, D] and idx [B, K] -> [B, K, D]."""
     return jnp.take_along_axis(x, idx[..., None], axis=1)

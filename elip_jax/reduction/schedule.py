@@ -68,11 +68,6 @@ class ReductionSchedule:
             counts.append(tokens)
         return counts
 
-    def stages(self) -> list[tuple[int, int]]:
-        """Block ranges [start, end) between pruning points, in order; the first starts at block 0."""
-        bounds = [0] + [b for b in self.begin_layers if b > 0] + [self.depth]
-        return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-
 
 def default_begin_layers(depth: int) -> tuple:
     """ELIP's 2/4/10 scaled to the tower's depth: round(b * depth / 12) (24 blocks: 4, 8, 20).

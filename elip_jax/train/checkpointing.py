@@ -62,7 +62,10 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 class PreemptionFlag:
-    """Set by SIGTERM (what schedulers send before preempting); the loop saves and stops at the next step."""
+    """Set by SIGTERM (what schedulers send before preempting); the loop saves and stops at the next step.
+
+    Single-process runs only: with many processes jax's preemption notifier handles SIGTERM, so that every
+    process agrees on the step to save at."""
 
     def __init__(self):
         self._event = threading.Event()

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         split="test",
         batch_size=256,
         reduction="none",  # 'none' or 'evit' at evaluation; ELIP never guides with the ground truth
+        data_dir="",  # TFDS data_dir of the evaluation datasets ("": TFDS's default)
     ))
     c.peak_flops_per_device = 0.0  # for MFU; 0 -> looked up from the device kind where known
     return c

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from elip_jax import data as data_lib
+from elip_jax.accounting import xla_flops
 from elip_jax.fileio import atomic_write_json
 from elip_jax.models.clip import CLIP, schedule_for
 from elip_jax.models.config import CLIPConfig, get_config
@@ -38,9 +40,11 @@ def model_config_from(config) -> CLIPConfig:
         overrides.update(init_logit_scale=float(np.log(10.0)), init_logit_bias=-10.0)
     if config.model.init_from:
         from elip_jax.convert import read_config
+        if "image_size" in overrides:
+            raise ValueError("config.model.image_size cannot be combined with config.model.init_from: the checkpoint "
+                             "fixes the resolution (convert it with --image-size to change it)")
         converted, _ = read_config(config.model.init_from)
-        overrides.pop("image_size", None)
-        return converted.replace(**{k: v for k, v in overrides.items() if not k.startswith("init_")})
+        return converted.replace(**overrides)
     return get_config(config.model.name, **overrides)
 
 
@@ -102,9 +106,10 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     validate_config(config)
     model = build_model(config)
     mesh = sharding.make_mesh(config.mesh)
-    if config.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size = {config.batch_size} must be a multiple of the number of devices "
-                         f"({mesh.size})")
+    micro_batch = config.batch_size // config.optim.grad_accum_steps
+    if micro_batch % mesh.size:  # else every micro-batch would move examples between devices
+        raise ValueError(f"config.batch_size / config.optim.grad_accum_steps = {micro_batch} must be a multiple "
+                         f"of the number of devices ({mesh.size})")
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -137,7 +142,9 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
                   "tokens": jax.ShapeDtypeStruct((config.batch_size, c.context_length), jnp.int32,
                                                  sharding=batch_sharding)}
     compiled = step_fn.lower(state, batch_spec).compile()
-    flops_per_step = metrics_lib.compiled_flops(compiled)  # per device
+    flops_per_step = xla_flops(compiled)  # per device
+    if flops_per_step and config.optim.grad_accum_steps > 1:
+        flops_per_step *= config.optim.grad_accum_steps  # XLA counts the body of the micro-batch loop once
     peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
 
     writer = metrics_lib.MetricsWriter(workdir, config.num_steps, start_step)
@@ -145,7 +152,10 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
                    f"{model.reduction.tokens_per_block() or 'unpruned'}; {jax.process_count()} process(es), "
                    f"{jax.device_count()} device(s) ({jax.devices()[0].device_kind}); "
                    f"starting at step {start_step} of {config.num_steps}")
-    preemption = checkpointing.PreemptionFlag().install()
+    # one process: our SIGTERM handler; many: jax's own preemption notifier keeps the signal (see preempted)
+    preemption = checkpointing.PreemptionFlag()
+    if jax.process_count() == 1:
+        preemption.install()
     last_metrics, timing = {}, StepTimer()
     step, eval_results = start_step, {}
     try:
@@ -184,6 +194,8 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
         writer.close()
         train_iter.close()
 
+    if not last_metrics:  # nothing ran in this call (a finished run started again): keep what was measured
+        last_metrics = previous_summary(workdir).get("final", {})
     summary = {
         "model": config.model.name, "reduction": model.reduction.method,
         "tokens_per_block": model.reduction.tokens_per_block() or [1 + c.num_patches] * c.vision_layers,
@@ -202,6 +214,14 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
         raise RuntimeError(f"the final checkpoint of step {step} could not be saved (see the log); "
                            f"the latest good one is step {checkpointer.latest_step()}")
     return summary
+
+
+def previous_summary(workdir: str) -> dict:
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def restore_or_init(model, config, tx, checkpointer, abstract_state, state_shardings, train_iter) -> TrainState:
@@ -289,16 +309,24 @@ def log_step(writer, step, step_metrics, state, timing: StepTimer, flops_per_ste
 
 
 def evaluate_zero_shot(model, state, config, data_config, writer, step) -> dict:
-    """Zero-shot classification on the configured datasets (unguided: ELIP never sees the ground truth)."""
+    """Zero-shot classification on the configured datasets (unguided: ELIP never sees the ground truth).
+
+    A dataset that cannot be evaluated (not prepared, no labels) is reported and skipped: it never costs the run.
+    """
     from elip_jax.evaluate import evaluate, with_reduction
     results = {}
     eval_model = with_reduction(model, config.eval.reduction)
     for name in config.eval.datasets:
         dataset = name or data_config.name
-        data_dir = data_config.data_dir if dataset == data_config.name else None
-        result = evaluate(eval_model, {"params": state.params}, task="zeroshot_classification", dataset=dataset,
-                          split=config.eval.split, data_dir=data_dir, batch_size=config.eval.batch_size,
-                          compute_flops=False)
+        data_dir = data_config.data_dir if dataset == data_config.name else (config.eval.data_dir or None)
+        try:
+            result = evaluate(eval_model, {"params": state.params}, task="zeroshot_classification",
+                              dataset=dataset, split=config.eval.split, data_dir=data_dir,
+                              batch_size=config.eval.batch_size, compute_flops=False)
+        except Exception as error:  # pylint: disable=broad-except
+            writer.message(f"step {step}: zero-shot evaluation on {dataset} failed, skipped: {error}")
+            results[dataset] = {"error": str(error)}
+            continue
         results[dataset] = result["metrics"]
         writer.write(step, {f"eval/{dataset}/{k}": float(v) for k, v in result["metrics"].items()}, console=False)
         writer.message(f"step {step}: zero-shot {dataset} " +

@@ -27,14 +27,6 @@ def peak_flops_per_device(configured: float = 0.0) -> Optional[float]:
     return None
 
 
-def compiled_flops(compiled) -> Optional[float]:
-    """FLOPs of one call of a compiled program, per device, from XLA's cost analysis."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per computation
-        analysis = analysis[0] if analysis else None
-    return float(analysis["flops"]) if analysis and "flops" in analysis else None
-
-
 class MetricsWriter:
     """Scalars to TensorBoard (process 0) and the console (through the progress bar's postfix)."""
 

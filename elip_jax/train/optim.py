@@ -4,8 +4,9 @@ from __future__ import annotations
 import jax
 import optax
 
-# Parameters named like these never get weight decay (open_clip's exclusions): gains and biases (LayerNorm
-# scale/bias, dense biases), embeddings and the logit scale/bias.
+# Parameters named like these never get weight decay: gains and biases (LayerNorm scale/bias, dense biases),
+# the logit scale/bias (open_clip excludes these too) and, beyond open_clip, the token, class and positional
+# embeddings, which are lookup tables rather than weights to shrink.
 NO_DECAY_NAMES = ("bias", "scale", "embedding", "class_embedding", "positional_embedding", "logit_scale",
                   "logit_bias")
 

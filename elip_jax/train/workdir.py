@@ -35,6 +35,10 @@ def load_workdir(workdir: str, step: Optional[int] = None, **overrides) -> tuple
     step = manager.latest_step() if step is None else step
     if step is None:
         raise ValueError(f"{workdir!r} has no finished checkpoint yet")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    # host numpy arrays, whatever devices wrote the checkpoint: evaluation may run on another topology
+    metadata = manager.item_metadata(step)["state"]
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
     params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state["params"])
     return CLIP(config), {"params": params}, step
