@@ -49,27 +49,15 @@ def tokens_per_block(schedule: ReductionSchedule) -> list[int]:
     return schedule.tokens_per_block()
 
 
-def active_stages(schedule: ReductionSchedule) -> list[int]:
-    if not schedule.prunes:
-        return []
-    return [s for s in range(len(schedule.keep)) if schedule.stage_is_active(s)]
-
-
-def group_end(schedule: ReductionSchedule, stage: int) -> int:
-    """The block after the last block of stage `stage`'s group."""
-    later = schedule.begin_layers[stage + 1:]
-    return later[0] if later else schedule.depth
-
-
 def scoring_flops_per_stage(schedule: ReductionSchedule, width: int, mlp_ratio: float = 4.0) -> list[int]:
     """Extra FLOPs each active stage spends choosing its tokens (forward only, see FORMULAS['scoring'])."""
     counts = tokens_per_block(schedule)
     costs = []
-    for stage in active_stages(schedule):
+    for stage in schedule.active_stages():
         begin = schedule.begin_layers[stage]
         before = counts[begin - 1] if begin > 0 else 1 + schedule.num_patches  # tokens before pruning
         if schedule.method == "elip":
-            lookahead_blocks = group_end(schedule, stage) - begin - 1
+            lookahead_blocks = schedule.group_end(stage) - begin - 1
             costs.append(lookahead_blocks * block_flops(before, width, mlp_ratio) + cls_row_flops(before, width))
         elif schedule.method in ("elip_inline", "evit"):
             costs.append(cls_row_flops(before, width))

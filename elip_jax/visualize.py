@@ -157,15 +157,9 @@ def pruning_decisions(model, variables, image: np.ndarray, tokens: np.ndarray, r
                            mutable=["intermediates"], **kwargs)
     visual = state["intermediates"].get("visual", {})
     kept = [np.asarray(k)[0] for k in visual.get("kept_indices", ())]
-    counts = [schedule.candidates(s) for s in active_stage_ids(schedule)]
+    counts = [schedule.candidates(s) for s in schedule.active_stages()]
     scores = captured_scores(visual, counts) if schedule.merge else None
     return kept, None if scores is None else [s[0] for s in scores]
-
-
-def active_stage_ids(schedule) -> list[int]:
-    if not schedule.prunes:
-        return []
-    return [s for s in range(len(schedule.keep)) if schedule.stage_is_active(s)]
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -212,7 +206,7 @@ def draw_figure(image: Image.Image, stages: Sequence[StageMap], titles: Sequence
 
 def stage_titles(schedule, stages: Sequence[StageMap]) -> list[str]:
     titles = []
-    for stage_id, stage in zip(active_stage_ids(schedule), stages):
+    for stage_id, stage in zip(schedule.active_stages(), stages):
         merged = f" + {stage.merged_tokens} merged" if stage.merged_tokens else ""
         titles.append(f"before block {schedule.begin_layers[stage_id]}: "
                       f"{int(stage.kept.sum())}/{schedule.num_patches} patches{merged}")

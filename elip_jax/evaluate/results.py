@@ -17,8 +17,7 @@ def describe_reduction(schedule) -> dict:
     Text-guided methods get no guide at evaluation, so they do not prune (ELIP_SPEC 1.3): said explicitly
     in 'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
     """
-    prunes = bool(schedule.prunes and not schedule.text_guided and schedule.method != "random"
-                  and any(schedule.stage_is_active(s) for s in range(len(schedule.keep))))
+    prunes = bool(schedule.active_stages() and not schedule.text_guided and schedule.method != "random")
     return {"method": schedule.method, "begin_layers": list(schedule.begin_layers), "keep": list(schedule.keep),
             "keep_ratios": [k / schedule.num_patches for k in schedule.keep] if schedule.num_patches else [],
             "prunes_at_eval": prunes,

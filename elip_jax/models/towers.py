@@ -75,8 +75,8 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if i in begin:
                 s = begin[i]
-                group_end = schedule.begin_layers[s + 1] if s + 1 < len(schedule.begin_layers) else len(self.blocks)
-                inputs = StageInputs(x, self.blocks[i:group_end], schedule.mix, guide_vec, cls_attention, rng)
+                inputs = StageInputs(x, self.blocks[i:schedule.group_end(s)], schedule.mix, guide_vec, cls_attention,
+                                     rng)
                 scores = score_candidates(schedule.method, inputs)
                 x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge)
                 self.sow("intermediates", "kept_indices", kept)
@@ -90,13 +90,11 @@ class VisionTransformer(nn.Module):
     def _active_stages(self, guide, rng) -> list[int]:
         """The stages that prune in this call (see spec 1.3 for when text-guided methods prune)."""
         schedule = self.reduction
-        if not schedule.prunes:
-            return []
         if schedule.text_guided and guide is None:
             return []
         if schedule.method == "random" and rng is None:
             return []
-        return [s for s in range(len(schedule.keep)) if schedule.stage_is_active(s)]
+        return schedule.active_stages()
 
 
 class TextTransformer(nn.Module):

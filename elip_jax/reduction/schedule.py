@@ -57,12 +57,23 @@ class ReductionSchedule:
     def stage_is_active(self, stage: int) -> bool:
         return self.keep[stage] < self.candidates(stage)
 
+    def active_stages(self) -> list[int]:
+        """The stages that prune when the method's condition holds (a guide, a key): keep < candidates."""
+        if not self.prunes:
+            return []
+        return [s for s in range(len(self.keep)) if self.stage_is_active(s)]
+
+    def group_end(self, stage: int) -> int:
+        """The block after the last block of stage `stage`'s group (its look-ahead runs up to here)."""
+        later = self.begin_layers[stage + 1:]
+        return later[0] if later else self.depth
+
     def tokens_per_block(self) -> list[int]:
         """Tokens entering each block (CLS included) when the schedule prunes."""
         tokens, counts, stage = 1 + self.num_patches, [], 0
         for block in range(self.depth):
             while stage < len(self.begin_layers) and self.begin_layers[stage] == block:
-                if self.prunes and self.stage_is_active(stage):
+                if stage in self.active_stages():
                     tokens = 1 + self.keep[stage] + int(self.merge)
                 stage += 1
             counts.append(tokens)
