@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import io
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MERGE_EPS = 1e-6  # as in the model's merge (reduction/ops.py)
+from elip_jax.fileio import atomic_write_bytes
+from elip_jax.reduction.ops import MERGE_EPS
+
 
 # Figure layout (pixels).
 MARGIN = 8
@@ -33,20 +32,12 @@ MAX_TINT = 0.6  # keeps the greyed patch visible under the strongest tint
 
 # ---------------------------------------------------------------------------------------------- image
 
-def center_crop_image(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side resized to `size` (bicubic), then the central size x size square: CLIP's preprocessing."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
-    return resized.crop((left, top, left + size, top + size))
-
-
-def normalize_for_clip(image: Image.Image) -> np.ndarray:
-    """[S, S, 3] uint8 image -> float32 with the CLIP mean and std."""
-    pixels = np.asarray(image, np.float32) / 255.0
-    return (pixels - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+def clip_preprocess(image: Image.Image, size: int) -> tuple[Image.Image, np.ndarray]:
+    """CLIP's evaluation preprocessing, the pipeline's own: (the crop to draw, its normalised pixels)."""
+    from elip_jax.data.normalize import normalize_images
+    from elip_jax.data.preprocess import eval_resize_crop
+    crop = eval_resize_crop(np.asarray(image.convert("RGB")), size)
+    return Image.fromarray(crop), np.asarray(normalize_images(crop), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -214,18 +205,10 @@ def stage_titles(schedule, stages: Sequence[StageMap]) -> list[str]:
 
 
 def save_png(figure: Image.Image, path: str) -> None:
-    """Atomic: a temporary file beside `path`, then a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        figure.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic: written beside `path`, then renamed."""
+    buffer = io.BytesIO()
+    figure.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -242,9 +225,9 @@ def visualize(image_path: str, caption: str, out: str, model_name: str = "tiny-1
         source = Image.open(image_path)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot read image {image_path!r}: {error}") from error
-    crop = center_crop_image(source, config.image_size)
+    crop, pixels = clip_preprocess(source, config.image_size)
     tokens = tokenize_caption(caption, config.context_length)
-    kept, scores = pruning_decisions(model, variables, normalize_for_clip(crop), tokens, seed)
+    kept, scores = pruning_decisions(model, variables, pixels, tokens, seed)
     stages = trace_stages(kept, config.num_patches, schedule.merge, scores)
     panel = panel_size or max(config.image_size, 224)
     figure = draw_figure(crop, stages, stage_titles(schedule, stages),

@@ -6,6 +6,7 @@ import skimage.data
 from PIL import Image
 
 from elip_jax import visualize as vis
+from elip_jax.data import CLIP_MEAN, CLIP_STD
 
 
 def test_trace_stages_maps_kept_and_merged_tokens_back_to_patches():
@@ -50,11 +51,10 @@ def test_trace_stages_rejects_indices_outside_the_candidates():
 
 def test_preprocessing_crops_the_centre_and_normalises():
     image = Image.new("RGB", (40, 20), (255, 255, 255))
-    crop = vis.center_crop_image(image, 16)
+    crop, pixels = vis.clip_preprocess(image, 16)
     assert crop.size == (16, 16)
-    pixels = vis.normalize_for_clip(crop)
     assert pixels.shape == (16, 16, 3) and pixels.dtype == np.float32
-    np.testing.assert_allclose(pixels[0, 0], (1 - np.array(vis.CLIP_MEAN)) / np.array(vis.CLIP_STD), rtol=1e-5)
+    np.testing.assert_allclose(pixels[0, 0], (1 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), rtol=1e-5)
 
 
 def test_patch_grid_mask_is_row_major():
