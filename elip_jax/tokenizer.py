@@ -10,13 +10,13 @@ faster on unseen words. Words already seen come from a word cache, and identical
 tokenised once.
 
 The vocabulary is looked up in this order: the `vocab_path` argument, the `ELIP_JAX_BPE_PATH` environment
-variable, then the `bpe_simple_vocab_16e6.txt.gz` shipped inside an installed `open_clip` package. Either
-OpenAI's gzipped merges file or a Hugging Face tokenizer folder (vocab.json + merges.txt) is accepted.
+variable, then OpenAI's `bpe_simple_vocab_16e6.txt.gz` shipped inside this package (MIT, see
+elip_jax/assets/), so that an install of the runtime requirements alone tokenizes. Either OpenAI's gzipped
+merges file or a Hugging Face tokenizer folder (vocab.json + merges.txt) is accepted.
 """
 import functools
 import gzip
 import html
-import importlib.util
 import json
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -101,37 +101,27 @@ def _byte_mapped_words(text: str) -> List[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Locating and loading the vocabulary.
 
-def _open_clip_vocab_file() -> Optional[str]:
-    """The vocabulary file inside an installed open_clip, found without importing open_clip.
-
-    Importing open_clip pulls in torch and torchvision; finding its package folder does not.
-    """
-    try:
-        spec = importlib.util.find_spec("open_clip")
-    except (ImportError, ValueError):  # ValueError: a stand-in module without __spec__ in sys.modules
-        return None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = os.path.join(folder, OPENAI_VOCAB_FILENAME)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+def shipped_vocab_file() -> Optional[str]:
+    """OpenAI's vocabulary inside this package; None only in a broken install that lost its data files."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", OPENAI_VOCAB_FILENAME)
+    return path if os.path.isfile(path) else None
 
 
 def resolve_vocab_path(vocab_path: Union[str, os.PathLike, None] = None) -> str:
-    """Absolute path of the vocabulary to use: `vocab_path`, else $ELIP_JAX_BPE_PATH, else open_clip's file."""
+    """Absolute path of the vocabulary to use: `vocab_path`, else $ELIP_JAX_BPE_PATH, else the shipped file."""
     if vocab_path is not None:
         source = "vocab_path"
     elif os.environ.get(BPE_PATH_ENV_VAR):
         vocab_path, source = os.environ[BPE_PATH_ENV_VAR], f"${BPE_PATH_ENV_VAR}"
     else:
-        vocab_path, source = _open_clip_vocab_file(), "open_clip"
+        vocab_path, source = shipped_vocab_file(), "elip_jax's own files"
     if vocab_path is None:
         raise VocabularyNotFoundError(
             "No CLIP BPE vocabulary found. Provide one in any of these ways: "
             f"(1) pass vocab_path= (OpenAI's {OPENAI_VOCAB_FILENAME} or a Hugging Face tokenizer folder "
             f"holding vocab.json and merges.txt); (2) set the environment variable {BPE_PATH_ENV_VAR} to "
-            f"such a path; (3) install open_clip_torch, which ships {OPENAI_VOCAB_FILENAME} "
-            "(`pip install open_clip_torch`; elip_jax only reads that file and never imports open_clip).")
+            f"such a path; (3) reinstall elip_jax, whose package data holds assets/{OPENAI_VOCAB_FILENAME} "
+            "(this installation has lost it).")
     path = os.path.abspath(os.fspath(vocab_path))
     if not os.path.exists(path):
         raise VocabularyNotFoundError(f"CLIP vocabulary path from {source} does not exist: {path}")

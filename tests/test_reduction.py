@@ -53,6 +53,16 @@ def test_default_schedule_scales_with_depth():
     assert schedule.keep == (230, 166, 102)
 
 
+@pytest.mark.parametrize("ratio,num_patches,expected", [
+    (0.57, 100, 57), (0.29, 100, 29), (0.58, 100, 58), (0.6, 196, 117), (0.9, 196, 176), (0.4, 196, 78),
+    (0.7, 10, 7), (0.599, 196, 117), (1.0, 196, 196),
+])
+def test_keep_counts_floor_the_ratio_as_written(ratio, num_patches, expected):
+    """floor(ratio * P) of the decimal the user typed: the float product 0.57 * 100 is 56.99999999999999."""
+    schedule = make_schedule("evit", num_patches=num_patches, depth=12, begin_layers=(3,), keep_ratios=(ratio,))
+    assert schedule.keep == (expected,)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(begin_layers=(0, 4, 10)), r"begin_layers\[0\] = 0 is out of range: must be an int in \[1, 11\]"),
     (dict(begin_layers=(2, 12, 13)), r"begin_layers\[1\] = 12 is out of range"),

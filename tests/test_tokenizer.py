@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+import zipfile
 
 import ftfy
 import numpy as np
@@ -222,20 +223,38 @@ def test_explicit_path_wins_over_environment_and_missing_path_is_an_error(hf_fol
 
 def test_no_vocabulary_anywhere_names_the_three_ways_to_provide_one(monkeypatch):
     monkeypatch.delenv(clip_tokenizer.BPE_PATH_ENV_VAR, raising=False)
-    monkeypatch.setattr(clip_tokenizer, "_open_clip_vocab_file", lambda: None)
+    monkeypatch.setattr(clip_tokenizer, "shipped_vocab_file", lambda: None)  # an install that lost its data
     with pytest.raises(clip_tokenizer.VocabularyNotFoundError) as error:
         elip_jax.tokenize("a cat")
     assert isinstance(error.value, FileNotFoundError)
-    for way in ("vocab_path=", clip_tokenizer.BPE_PATH_ENV_VAR, "open_clip_torch", "vocab.json"):
+    for way in ("vocab_path=", clip_tokenizer.BPE_PATH_ENV_VAR, "reinstall elip_jax", "vocab.json"):
         assert way in str(error.value)
 
 
-def test_open_clip_vocabulary_is_found_without_importing_open_clip_or_torch():
-    code = ("import sys, elip_jax.tokenizer as t; path = t._open_clip_vocab_file(); "
-            "assert path and path.endswith('open_clip/bpe_simple_vocab_16e6.txt.gz'), path; "
-            "t.tokenize('a cat'); "
-            "assert 'open_clip' not in sys.modules and 'torch' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ELIP_JAX_BPE_PATH": ""})
+def test_shipped_vocabulary_is_openai_s_and_needs_no_open_clip_or_torch(open_clip_tokenizer):
+    """The runtime install tokenizes by itself: with open_clip made unimportable, the vocabulary is the one
+    inside elip_jax, byte-identical to the file open_clip ships (OpenAI's)."""
+    shipped = clip_tokenizer.shipped_vocab_file()
+    reference = os.path.join(os.path.dirname(open_clip_tokenizer.__file__), clip_tokenizer.OPENAI_VOCAB_FILENAME)
+    assert open(shipped, "rb").read() == open(reference, "rb").read()
+    code = ("import sys; sys.modules['open_clip'] = None; sys.modules['torch'] = None; "
+            "import elip_jax.tokenizer as t; tok = t.get_tokenizer(); "
+            "assert tok.vocab_path == t.shipped_vocab_file(), tok.vocab_path; "
+            "print(t.tokenize('a cat')[0, :4].tolist())")
+    run = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         env={**os.environ, "ELIP_JAX_BPE_PATH": ""}, cwd="/")
+    assert run.stdout.strip() == str(open_clip_tokenizer.tokenize(["a cat"])[0, :4].tolist())
+
+
+def test_the_built_package_carries_the_vocabulary(tmp_path):
+    """What `pip install elip_jax` installs: the wheel built from this checkout holds the vocabulary."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), root], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("elip_jax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert f"elip_jax/assets/{clip_tokenizer.OPENAI_VOCAB_FILENAME}" in names
+    assert "elip_jax/assets/LICENSE-bpe_simple_vocab_16e6.txt" in names
 
 
 def test_degenerate_vocabularies_are_refused(tmp_path, ours):

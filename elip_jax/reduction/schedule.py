@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from typing import Optional, Sequence
 
 METHODS = ("none", "elip", "elip_inline", "evit", "random")
@@ -93,6 +94,12 @@ def default_begin_layers(depth: int) -> tuple:
     return tuple(layers)
 
 
+def keep_count(ratio: float, num_patches: int) -> int:
+    """floor(ratio * num_patches) with the ratio read as written: 0.57 of 100 keeps 57, where the binary float
+    product 0.57 * 100 = 56.99999999999999 would floor to 56."""
+    return math.floor(Fraction(repr(float(ratio))) * num_patches)
+
+
 def make_schedule(method: str, num_patches: int, depth: int,
                   begin_layers: Optional[Sequence[int]] = None,
                   keep_ratios: Optional[Sequence[float]] = None,
@@ -135,7 +142,7 @@ def make_schedule(method: str, num_patches: int, depth: int,
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"keep_ratios[{i}] = {ratio!r} is out of range: must be in (0, 1]")
 
-    keep = tuple(int(math.floor(r * num_patches)) for r in ratios)
+    keep = tuple(keep_count(r, num_patches) for r in ratios)
     schedule = ReductionSchedule(method, begin, keep, num_patches, depth, merge, mix)
     for stage, k in enumerate(keep):
         available = schedule.candidates(stage)
