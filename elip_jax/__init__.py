@@ -1,7 +1,7 @@
 """elip_jax: ELIP text-guided vision-token pruning and merging for CLIP pre-training, in JAX/Flax."""
 from elip_jax.models import CLIP, CLIPConfig, create_model, get_config, list_models
 from elip_jax.reduction import ReductionSchedule, make_schedule
-from elip_jax.convert import load_pretrained
+from elip_jax.checkpoints import load_pretrained  # converted folders and training workdirs
 
 __version__ = "0.1.0"
 

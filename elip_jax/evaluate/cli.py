@@ -24,10 +24,10 @@ EVAL_REDUCTIONS = ("none", "evit", "elip", "elip_inline")
 
 def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optional[str] = None, seed: int = 0,
                **overrides):
-    """(model, variables, description) from a training workdir (its latest checkpoint), a converted
-    checkpoint directory, or a random-init model by name."""
-    import elip_jax
-    from elip_jax.train.workdir import is_workdir, load_workdir
+    """(model, variables, description) from a training workdir (its newest restorable checkpoint), a converted
+    checkpoint directory, or a random-init model by name: elip_jax.checkpoints.load, the one loader."""
+    from elip_jax import checkpoints
+    from elip_jax.models.config import get_config
 
     if (pretrained_or_workdir is None) == (model_name is None):
         raise ValueError("give exactly one of a pretrained directory (--pretrained) or a model name (--model)")
@@ -35,17 +35,9 @@ def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optio
         if not os.path.isdir(pretrained_or_workdir):
             raise ValueError(f"--pretrained must be a directory written by `python -m elip_jax.convert` or a "
                              f"training workdir; {pretrained_or_workdir!r} is not a directory")
-        name = os.path.basename(os.path.normpath(pretrained_or_workdir))
-        if is_workdir(pretrained_or_workdir):
-            model, variables, step = load_workdir(pretrained_or_workdir)
-            name = f"{name}@step{step}"
-        else:
-            model, variables = elip_jax.load_pretrained(pretrained_or_workdir)
-        if overrides:
-            model = elip_jax.CLIP(model.config.replace(**overrides), model.reduction)
-        return model, variables, name
-    model = elip_jax.create_model(model_name, **overrides)
-    return model, random_variables(model, seed), model_name
+        return checkpoints.load(pretrained_or_workdir, **overrides)
+    get_config(model_name)  # an unknown name: the error lists the known ones
+    return checkpoints.load(model_name, seed=seed, **overrides)
 
 
 def random_variables(model, seed: int = 0):

@@ -1,0 +1,138 @@
+"""Reading a training workdir back: the model it trains and the parameters of its newest good checkpoint.
+
+    WORKDIR/model_config.json     the architecture (CLIPConfig fields), written once by the first run
+    WORKDIR/config.json           the training config the first run started with (never rewritten)
+    WORKDIR/config_history.jsonl  one line per resume that changed keys: the step it resumed from and what changed
+    WORKDIR/checkpoints/STEP/     Orbax: 'state' (parameters, Adam moments, step, RNG) and 'data' (iterator)
+
+Evaluation and export need only the parameters: they are restored alone (Orbax partial restore), so the Adam
+moments, twice the parameters' size, are never read. A checkpoint that cannot be restored (a truncated file,
+a disk error) is skipped for the newest one that can, with one line saying which step failed and why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Optional, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_FILE = "model_config.json"
+CONFIG_FILE = "config.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+
+T = TypeVar("T")
+
+
+class NoRestorableCheckpointError(ValueError):
+    """A workdir has checkpoints, but none of them can be restored."""
+
+
+def is_workdir(path: str) -> bool:
+    return (os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE))
+            and os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)))
+
+
+def checkpoint_steps(checkpoints_dir: str) -> list[int]:
+    """The finished checkpoints' steps, newest first (Orbax renames a checkpoint into place when complete)."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    from orbax.checkpoint.path import step as step_lib
+    return sorted(step_lib.checkpoint_steps(os.path.abspath(checkpoints_dir)), reverse=True)
+
+
+def short_reason(error: BaseException) -> str:
+    """The first line of an error (Orbax's can run to pages), for a one-line report."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > 240:
+        text = text[:237] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def restore_newest(checkpoints_dir: str, restore: Callable[[int], T], steps: Optional[list[int]] = None,
+                   on_skip: Optional[Callable[[int, BaseException], None]] = None) -> tuple[T, int]:
+    """(restore(step), step) for the newest step whose restore succeeds; one warning line per failed step.
+
+    Raises NoRestorableCheckpointError naming the folders when none restores (ValueError when there is none).
+    """
+    steps = checkpoint_steps(checkpoints_dir) if steps is None else steps
+    if not steps:
+        raise ValueError(f"{checkpoints_dir} holds no finished checkpoint yet")
+    failures = []
+    for step in steps:
+        try:
+            return restore(step), step
+        except Exception as error:  # pylint: disable=broad-except  # any way a checkpoint can be broken
+            failures.append((step, error))
+            older = [s for s in steps if s < step]
+            log.warning("checkpoint step %d in %s could not be restored (%s); %s", step, checkpoints_dir,
+                        short_reason(error), f"trying step {older[0]}" if older else "no older checkpoint")
+            if on_skip is not None:
+                on_skip(step, error)
+    folders = ", ".join(os.path.join(checkpoints_dir, str(step)) for step, _ in failures)
+    raise NoRestorableCheckpointError(
+        f"no checkpoint in {checkpoints_dir} can be restored: {folders} "
+        f"(newest: {short_reason(failures[0][1])})")
+
+
+def read_model_config(workdir: str):
+    from elip_jax.models.config import config_from_dict
+    with open(os.path.join(workdir, MODEL_CONFIG_FILE)) as f:
+        return config_from_dict(json.load(f))
+
+
+def restore_params(step_dir: str) -> dict:
+    """The parameters of one checkpoint as host float32 numpy arrays, whatever devices wrote it; nothing else
+    of the train state is read."""
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+    state_dir = os.path.abspath(os.path.join(step_dir, "state"))
+    handler = ocp.PyTreeCheckpointHandler()  # the item's handler: the step's own metadata lives a level up
+    try:
+        metadata = handler.metadata(epath.Path(state_dir))
+        tree = getattr(metadata, "tree", metadata)
+        if not isinstance(tree, dict) or "params" not in tree:
+            raise ValueError(f"{state_dir} holds no 'params' (top-level keys: "
+                             f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__})")
+        params_metadata = {"params": tree["params"]}
+        as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_metadata)
+        restored = handler.restore(epath.Path(state_dir), args=ocp.args.PyTreeRestore(
+            item=params_metadata, restore_args=as_numpy, partial_restore=True))
+    finally:
+        handler.close()
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), restored["params"])
+
+
+def load_workdir(workdir: str, step: Optional[int] = None, **overrides):
+    """(model without token reduction, {'params': ...}, step) from a workdir's newest restorable (or given)
+    checkpoint; only the parameters are read.
+
+    overrides: CLIPConfig runtime fields such as dtype='bfloat16'.
+    """
+    from elip_jax.models.clip import CLIP
+    if not is_workdir(workdir):
+        raise ValueError(f"{workdir!r} is not a training workdir: expected {MODEL_CONFIG_FILE} and "
+                         f"{CHECKPOINTS_DIR}/ as written by `python -m elip_jax.train`")
+    config = read_model_config(workdir)
+    if overrides:
+        if "dtype" in overrides:
+            from elip_jax.models.config import resolve_dtype
+            overrides["dtype"] = resolve_dtype(overrides["dtype"])
+        config = config.replace(**overrides)
+    checkpoints_dir = os.path.join(workdir, CHECKPOINTS_DIR)
+    steps = checkpoint_steps(checkpoints_dir)
+    if step is not None:
+        if step not in steps:
+            raise ValueError(f"{workdir!r} has no checkpoint of step {step} (it has {sorted(steps) or 'none'})")
+        steps = [step]
+    elif not steps:
+        raise ValueError(f"{workdir!r} has no finished checkpoint yet")
+    params, step = restore_newest(checkpoints_dir, lambda s: restore_params(os.path.join(checkpoints_dir, str(s))),
+                                  steps)
+    return CLIP(config), {"params": params}, step
