@@ -7,9 +7,14 @@ the fraction of their examples predicted correctly).
 
 Retrieval (CLIP_benchmark `zeroshot_retrieval`): `image_retrieval_recall@k` is, over TEXT queries, the
 fraction whose paired image is among the k images scoring highest; `text_retrieval_recall@k` is, over IMAGE
-queries, the fraction with at least one of their captions among the k texts scoring highest. Ranks count the
-candidates that score strictly higher, so exact ties are resolved in the query's favour (torch.topk, used by
-CLIP_benchmark, breaks them arbitrarily).
+queries, the fraction with at least one of their captions among the k texts scoring highest.
+
+Exact ties are common, not a corner case: a collapsed image tower scores every image the same, and in the
+built-in test split most captions also belong to another image, so identical texts tie exactly. Candidates are
+ordered by score, then by lower index, which is the set `torch.topk` selects in CLIP_benchmark on CPU whenever
+it takes its partial-sort path (64 * k <= candidates; below that its choice among ties is unspecified). A
+query's rank is therefore the number of candidates scoring higher plus the tied ones with a lower index;
+counting only the higher ones would give a collapsed image tower an image R@1 of 1.0 instead of 1/N.
 """
 from __future__ import annotations
 
@@ -65,23 +70,32 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     if text_to_image.min() < 0 or text_to_image.max() >= len(images):
         raise ValueError(f"text_to_image values must be image rows in [0, {len(images)})")
 
-    image_ranks = np.empty(len(texts), np.int64)  # per text: images scoring above its own image
+    image_ranks = np.empty(len(texts), np.int64)  # per text: images ordered before its own image
     for start in range(0, len(texts), chunk):
         scores = texts[start:start + chunk] @ images.T
-        own = scores[np.arange(len(scores)), text_to_image[start:start + chunk]]
-        image_ranks[start:start + chunk] = (scores > own[:, None]).sum(axis=1)
+        own_index = text_to_image[start:start + chunk]
+        image_ranks[start:start + chunk] = ranks(scores, own_index)
 
-    text_ranks = np.full(len(images), np.iinfo(np.int64).max)  # per image: texts above its best caption
+    text_ranks = np.full(len(images), np.iinfo(np.int64).max)  # per image: texts ordered before its first caption
     for start in range(0, len(images), chunk):
         scores = images[start:start + chunk] @ texts.T
         positive = text_to_image[None, :] == np.arange(start, start + len(scores))[:, None]
-        best = np.where(positive, scores, -np.inf).max(axis=1)
+        best = np.where(positive, scores, -np.inf)
+        # the caption that comes first in (score descending, index ascending): argmax takes the lowest index
+        first = best.argmax(axis=1)
         has_caption = positive.any(axis=1)
-        text_ranks[start:start + chunk] = np.where(has_caption, (scores > best[:, None]).sum(axis=1),
-                                                   np.iinfo(np.int64).max)
+        text_ranks[start:start + chunk] = np.where(has_caption, ranks(scores, first), np.iinfo(np.int64).max)
 
     metrics = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = float((image_ranks < k).mean())
         metrics[f"text_retrieval_recall@{k}"] = float((text_ranks < k).mean())
     return metrics
+
+
+def ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per row of scores [Q, C]: the 0-based position of candidate targets[q] when the candidates are ordered
+    by score (highest first), ties by lower index first."""
+    own = scores[np.arange(len(scores)), targets][:, None]
+    lower = np.arange(scores.shape[1])[None, :] < targets[:, None]
+    return ((scores > own) | ((scores == own) & lower)).sum(axis=1)
