@@ -38,7 +38,7 @@ MEMORY_PROGRAMS = ("image_train", "full_step")
 SOT, EOT = 49406, 49407  # CLIP BPE start/end-of-text ids
 CAPTION_LENGTH = 20  # synthetic captions: SOT, 18 word ids, EOT, then padding
 
-# Targets for ViT-B/16 at 224 px, image_train against none (ELIP_SPEC 1.4-1.5).
+# Targets for ViT-B/16 at 224 px, image_train against none (docs/elip.md: what it saves; the efficient variants).
 FLOPS_TARGETS = {"elip": 0.90, "elip_inline": 0.74, "evit": 0.73}
 MEMORY_TARGET = 0.80
 TIME_TOLERANCE = 0.10  # measured time ratio within 10 % of the XLA FLOPs ratio

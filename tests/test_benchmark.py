@@ -66,7 +66,7 @@ def test_pruned_methods_cost_fewer_xla_flops_than_none(run, full_step_run):
     for method in PRUNED:
         flops = methods[method]["xla_flops"]
         assert flops["image_train"] < methods["none"]["xla_flops"]["image_train"], method
-        if method != "elip":  # elip's look-ahead makes its forward dearer than none's (spec 1.4)
+        if method != "elip":  # elip's look-ahead makes its forward dearer than none's (docs/elip.md)
             assert flops["image_forward"] < methods["none"]["xla_flops"]["image_forward"], method
     full = full_step_run["methods"]
     assert full["elip"]["xla_flops"]["full_step"] < full["none"]["xla_flops"]["full_step"]
@@ -116,7 +116,7 @@ def test_analytic_flops_of_elip_count_the_cheap_look_ahead():
 def test_vit_b16_analytic_ratios_match_the_spec():
     none = accounting.analytic_image_flops(make_schedule("none", 196, 12), 768)
     elip = accounting.analytic_image_flops(make_schedule("elip", 196, 12), 768)
-    assert elip["main_path"] / none["main_path"] == pytest.approx(0.71, abs=0.01)  # spec 1.4
+    assert elip["main_path"] / none["main_path"] == pytest.approx(0.71, abs=0.01)  # docs/elip.md
     assert elip["image_train"] / none["image_train"] == pytest.approx(0.88, abs=0.01)
 
 

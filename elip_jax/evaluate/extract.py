@@ -23,7 +23,7 @@ def encode_image_program(model) -> Callable:
     """(variables, uint8 images) -> L2-normalised image embeddings [B, E], for use inside jit.
 
     No guide is given: text-guided methods (elip, elip_inline) do not prune here, and an image is never
-    guided by its own caption at evaluation (ELIP_SPEC 1.3). Vision-only methods (evit) prune as scheduled.
+    guided by its own caption at evaluation (docs/elip.md). Vision-only methods (evit) prune as scheduled.
     """
     from elip_jax import data
 

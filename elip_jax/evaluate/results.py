@@ -14,7 +14,7 @@ TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 def describe_reduction(schedule) -> dict:
     """What the image tower does at evaluation: method, schedule and the tokens entering each block.
 
-    Text-guided methods get no guide at evaluation, so they do not prune (ELIP_SPEC 1.3): said explicitly
+    Text-guided methods get no guide at evaluation, so they do not prune (docs/elip.md): said explicitly
     in 'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
     """
     prunes = bool(schedule.active_stages() and not schedule.text_guided and schedule.method != "random")

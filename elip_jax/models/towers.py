@@ -88,7 +88,7 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
 
     def _active_stages(self, guide, rng) -> list[int]:
-        """The stages that prune in this call (see spec 1.3 for when text-guided methods prune)."""
+        """The stages that prune in this call (docs/elip.md says when text-guided methods prune)."""
         schedule = self.reduction
         if schedule.text_guided and guide is None:
             return []

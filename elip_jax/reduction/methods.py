@@ -30,7 +30,7 @@ class StageInputs:
 
 
 def mix_guide_into_cls(x: jax.Array, guide: jax.Array, mix: float) -> jax.Array:
-    """A copy of x whose CLS is (1 - mix) * guide + mix * CLS (spec 1.2 step 2)."""
+    """A copy of x whose CLS is (1 - mix) * guide + mix * CLS (docs/elip.md, one stage, step 2)."""
     cls = (1.0 - mix) * guide.astype(x.dtype) + mix * x[:, 0]
     return x.at[:, 0].set(cls)
 

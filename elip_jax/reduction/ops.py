@@ -28,7 +28,7 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
 def merge_tokens(candidates: jax.Array, scores: jax.Array, pruned_idx: jax.Array) -> jax.Array:
     """Score-weighted sum of the pruned candidates: [B, 1, D].
 
-    Weights are a_pruned / (sum(a_pruned) + 1e-6), constants (no gradient through scores, spec 1.2 step 5).
+    Weights are a_pruned / (sum(a_pruned) + 1e-6), constants (no gradient through scores; docs/elip.md, step 5).
     """
     weights = jax.lax.stop_gradient(jnp.take_along_axis(scores, pruned_idx, axis=1))
     weights = weights / (weights.sum(axis=-1, keepdims=True) + MERGE_EPS)

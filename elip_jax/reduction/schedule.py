@@ -18,7 +18,7 @@ DEFAULT_BEGIN_LAYERS_12 = (2, 4, 10)
 DEFAULT_KEEP_RATIOS = (0.90, 0.65, 0.40)
 # FLIP-style random masking keeps this fraction of the patches before block 0.
 DEFAULT_RANDOM_KEEP_RATIO = 0.5
-DEFAULT_MIX = 0.8  # lambda: weight of the image CLS when mixing in the text guide (spec 1.2 step 2)
+DEFAULT_MIX = 0.8  # lambda: weight of the image CLS when mixing in the text guide (docs/elip.md, step 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def make_schedule(method: str, num_patches: int, depth: int,
                   mix: float = DEFAULT_MIX) -> ReductionSchedule:
     """Builds and validates a schedule for a tower with `num_patches` patches and `depth` blocks.
 
-    Keep counts are floor(ratio * num_patches): ratios are of the ORIGINAL patch count (spec 1.1).
+    Keep counts are floor(ratio * num_patches): ratios are of the ORIGINAL patch count (docs/elip.md).
     Raises ValueError naming the bad value and the valid range.
     """
     if method not in METHODS:
