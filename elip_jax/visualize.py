@@ -1,33 +1,52 @@
 """Which patches each pruning stage keeps, prunes and merges, drawn on the image.
 
-    python -m elip_jax.visualize --image cat.jpg --caption "a photo of a cat" --out stages.png \
+    python -m elip_jax.visualize --image cat.jpg --caption "a photo of a cat" --out stages.png \\
         [--model tiny-12 | --checkpoint DIR] [--method elip]
 
-One panel per active stage, after the input: patches that still have a token of their own are shown as they
-are, pruned patches greyed, and the pruned patches' share of the merged token(s) tinted (stronger = larger
-merge weight). Text-guided methods are guided by the caption's embedding, as in pre-training.
+One panel per active stage, after the input. Patches that still have a token of their own are drawn as they
+are; pruned patches are dimmed; with merging, a dot on each pruned patch shows its weight in the merged
+token(s) (dot area proportional to weight). A legend under the panels says so. Without --checkpoint the
+weights are random, and a banner across the figure says that the choices then show only the mechanics.
+Text-guided methods are guided by the caption's embedding, as in pre-training.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import io
+import math
+import os
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from elip_jax.command_line import UsageError, run_command
 from elip_jax.fileio import atomic_write_bytes
 from elip_jax.reduction.ops import MERGE_EPS
 
+PRUNING_METHODS = ("elip", "elip_inline", "evit", "random")
 
-# Figure layout (pixels).
-MARGIN = 8
-TITLE_HEIGHT = 16
-HEADER_HEIGHT = 20
-TINT = np.array([255, 120, 0], np.float32)  # merged-token share
-MAX_TINT = 0.6  # keeps the greyed patch visible under the strongest tint
+# Figure layout (pixels) and colours.
+MARGIN = 10
+FONT_SIZE = 14
+LINE_HEIGHT = 18
+MIN_PANEL = 224  # small images (the built-in dataset is 64-96 px) are drawn at least this large
+MAX_PANEL = 1024
+SWATCH = 24
+DIM_SCALE, DIM_OFFSET = 0.25, 20.0  # pruned patches: grey, a quarter of their brightness
+PRUNED_EDGE = (110, 110, 110)  # outline of each pruned patch, so single patches can be counted
+DOT = (110, 170, 225)  # merge weight: a muted cool colour, not a highlight
+DOT_FILL = 0.3  # radius of the largest dot, as a fraction of the patch side
+NOTE_BACKGROUND = (170, 20, 20)  # the random-weights banner
+NOTE_TEXT = (255, 255, 255)
+RANDOM_WEIGHTS_NOTE = ("RANDOM WEIGHTS (no --checkpoint): these choices show the mechanics only, "
+                       "not what a trained model keeps.")
+
+
+def font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size)
 
 
 # ---------------------------------------------------------------------------------------------- image
@@ -38,6 +57,36 @@ def clip_preprocess(image: Image.Image, size: int) -> tuple[Image.Image, np.ndar
     from elip_jax.data.preprocess import eval_resize_crop
     crop = eval_resize_crop(np.asarray(image.convert("RGB")), size)
     return Image.fromarray(crop), np.asarray(normalize_images(crop), np.float32)
+
+
+def read_image(path: str) -> Image.Image:
+    """The image, fully decoded (a truncated file fails here, before any model is built)."""
+    if os.path.isdir(path):
+        raise UsageError(f"--image {path!r} is a folder; expected an image file")
+    try:
+        with Image.open(path) as source:
+            source.load()
+            return source.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UsageError(f"cannot read image {path!r}: {error}") from error
+
+
+def check_output_path(path: str) -> None:
+    """A PNG file we can create: not a folder, in a folder that exists (or can be made) and is writable."""
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a folder; expected a .png file path")
+    if not path.lower().endswith(".png"):
+        raise UsageError(f"--out {path!r} must name a .png file")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--out {path!r}: {existing!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path!r}: folder {existing!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"--out {path!r} exists and is not writable")
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -103,19 +152,36 @@ def trace_stages(kept_indices: Sequence[np.ndarray], num_patches: int, merge: bo
 # ---------------------------------------------------------------------------------------------- model
 
 def load_model(model_name: str, checkpoint: Optional[str], method: str, seed: int):
-    """(model with `method`'s default schedule, variables): a checkpoint's, or random weights."""
-    import jax
-    import elip_jax
+    """(model with `method`'s default schedule, variables, name to show): a checkpoint's (a converted folder or
+    a training workdir), or random weights for `model_name`. Refuses a schedule that prunes nothing."""
+    from elip_jax import checkpoints
+    from elip_jax.models.clip import create_model
+    from elip_jax.models.config import list_models
 
     if checkpoint is None:
-        model = elip_jax.create_model(model_name, reduction=method)
-        image = np.zeros((1, model.config.image_size, model.config.image_size, 3), np.float32)
-        tokens = np.zeros((1, model.config.context_length), np.int32)
-        return model, model.init(jax.random.PRNGKey(seed), image, tokens)
+        if model_name not in list_models():
+            raise UsageError(f"--model {model_name!r} is not a model name; known: {', '.join(list_models())} "
+                             "(a converted folder or a training workdir goes to --checkpoint)")
+        model = create_model(model_name, reduction=method)
+        require_pruning(model, model_name)  # before the weights are drawn: that compiles
+        return model, checkpoints.random_variables(model, seed), model_name
+    if not os.path.isdir(checkpoint):
+        raise UsageError(f"--checkpoint {checkpoint!r} " + ("is a file" if os.path.exists(checkpoint) else
+                         "does not exist") + ": expected a converted folder (from python -m elip_jax.convert) "
+                         "or a training workdir (from python -m elip_jax.train)")
     try:
-        return elip_jax.load_pretrained(checkpoint, reduction=method)  # (model, variables)
-    except (OSError, ValueError) as error:  # elip_jax.convert.ConversionError is a ValueError
-        raise SystemExit(f"cannot load checkpoint {checkpoint!r}: {error}") from error
+        model, variables, name = checkpoints.load(checkpoint, reduction=method)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load checkpoint {checkpoint!r}: {error}") from error
+    require_pruning(model, name)
+    return model, variables, name
+
+
+def require_pruning(model, name: str) -> None:
+    config, schedule = model.config, model.reduction
+    if not schedule.active_stages():
+        raise UsageError(f"{schedule.method!r} with its default schedule prunes nothing on {name} "
+                         f"({config.vision_layers} blocks, {config.num_patches} patches): nothing to draw")
 
 
 def tokenize_caption(caption: str, context_length: int):
@@ -155,11 +221,10 @@ def pruning_decisions(model, variables, image: np.ndarray, tokens: np.ndarray, r
 
 # ---------------------------------------------------------------------------------------------- drawing
 
-def figure_size(num_panels: int, panel_size: int) -> tuple[int, int]:
-    """(width, height) of the figure: panels in a row under a caption header, each with a title."""
-    width = num_panels * panel_size + (num_panels + 1) * MARGIN
-    height = HEADER_HEIGHT + TITLE_HEIGHT + panel_size + MARGIN
-    return width, height
+def default_panel_size(image_size: int, grid: int) -> int:
+    """At least MIN_PANEL pixels, a whole number of pixels per patch."""
+    side = max(image_size, MIN_PANEL)
+    return grid * math.ceil(side / grid)
 
 
 def patch_grid_mask(values: np.ndarray, grid: int, panel_size: int) -> np.ndarray:
@@ -169,45 +234,157 @@ def patch_grid_mask(values: np.ndarray, grid: int, panel_size: int) -> np.ndarra
     return cells[rows][:, rows]
 
 
+def dimmed(display: np.ndarray) -> np.ndarray:
+    """A pruned patch: grey, at a quarter of its brightness (no colour: colour would read as 'important')."""
+    grey = display.mean(axis=-1, keepdims=True)
+    return np.broadcast_to(grey * DIM_SCALE + DIM_OFFSET, display.shape)
+
+
+def cell_box(index: int, grid: int, panel_size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel bounds, inclusive, of patch `index` in a panel."""
+    row, col = divmod(index, grid)
+    bounds = lambda i: (-(-i * panel_size // grid), -(-(i + 1) * panel_size // grid) - 1)
+    (top, bottom), (left, right) = bounds(row), bounds(col)
+    return left, top, right, bottom
+
+
+def dot_radius(weight: float, max_weight: float, cell: float) -> float:
+    """Dot area proportional to the weight; the largest weight of the panel fills DOT_FILL of the patch."""
+    if weight <= 0 or max_weight <= 0:
+        return 0.0
+    return max(math.sqrt(weight / max_weight) * DOT_FILL * cell, 1.0)
+
+
 def stage_panel(display: np.ndarray, stage: StageMap, grid: int) -> np.ndarray:
-    """Kept patches as they are; pruned ones greyed and dimmed; tinted by their share in the merged token."""
+    """Kept patches as they are; pruned ones dimmed and outlined; a dot on each merged one, its area
+    proportional to the patch's weight in the merged token(s)."""
     size = display.shape[0]
-    grey = display.mean(axis=-1, keepdims=True) * 0.45 + 70.0
     kept = patch_grid_mask(stage.kept, grid, size)[..., None]
-    weight = stage.merged_weight
-    strength = np.sqrt(weight / weight.max()) * MAX_TINT if weight.max() > 0 else np.zeros_like(weight)
-    tint = patch_grid_mask(strength, grid, size)[..., None]
-    pruned = grey * (1 - tint) + TINT * tint
-    return np.clip(kept * display + (1 - kept) * pruned, 0, 255).astype(np.uint8)
+    panel = np.clip(kept * display + (1 - kept) * dimmed(display), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(panel)
+    draw = ImageDraw.Draw(picture)
+    max_weight = float(np.max(stage.merged_weight, initial=0.0))
+    for index in np.flatnonzero(~np.asarray(stage.kept)):
+        left, top, right, bottom = cell_box(int(index), grid, size)
+        draw.rectangle((left, top, right, bottom), outline=PRUNED_EDGE)
+        radius = dot_radius(float(stage.merged_weight[index]), max_weight, right - left + 1)
+        if radius:
+            cx, cy = (left + right) / 2, (top + bottom) / 2
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=DOT)
+    return np.asarray(picture)
 
 
-def draw_figure(image: Image.Image, stages: Sequence[StageMap], titles: Sequence[str], caption: str,
-                grid: int, panel_size: int) -> Image.Image:
-    display = np.asarray(image.convert("RGB").resize((panel_size, panel_size), Image.BICUBIC), np.float32)
-    panels = [display.astype(np.uint8)] + [stage_panel(display, s, grid) for s in stages]
-    figure = Image.new("RGB", figure_size(len(panels), panel_size), "white")
-    draw, font = ImageDraw.Draw(figure), ImageFont.load_default()
-    draw.text((MARGIN, 4), caption, fill="black", font=font)
-    for i, (panel, title) in enumerate(zip(panels, ["input"] + list(titles))):
-        x = MARGIN + i * (panel_size + MARGIN)
-        draw.text((x, HEADER_HEIGHT), title, fill="black", font=font)
-        figure.paste(Image.fromarray(panel), (x, HEADER_HEIGHT + TITLE_HEIGHT))
-    return figure
+def wrap(text: str, width: int, typeface) -> list[str]:
+    """Greedy word wrap to `width` pixels."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if line and typeface.getlength(candidate) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return lines + [line]
 
 
-def stage_titles(schedule, stages: Sequence[StageMap]) -> list[str]:
+@dataclasses.dataclass
+class LegendEntry:
+    swatch: np.ndarray  # [SWATCH, SWATCH, 3] uint8, drawn as the panels draw it
+    text: str
+
+
+def legend_entries(display: np.ndarray, grid: int, merge: bool) -> list[LegendEntry]:
+    """What each look means, with swatches cut from a patch of this image and drawn by `stage_panel`."""
+    size = display.shape[0]
+    left, top, right, bottom = cell_box((grid // 2) * grid + grid // 2, grid, size)
+    patch = np.asarray(Image.fromarray(display[top:bottom + 1, left:right + 1].astype(np.uint8))
+                       .resize((SWATCH, SWATCH), Image.BICUBIC), np.float32)
+    draw = lambda kept, weight: stage_panel(patch, StageMap(np.array([kept]), np.array([weight])), 1)
+    entries = [LegendEntry(draw(True, 0.0), "kept: the patch still has a token of its own"),
+               LegendEntry(draw(False, 0.0), "pruned: dimmed" + ("" if merge else ", dropped (this method does not merge)"))]
+    if merge:
+        entries.append(LegendEntry(draw(False, 1.0), "merged: dot area = the patch's weight in the merged token"))
+    return entries
+
+
+def stage_titles(schedule, stages: Sequence[StageMap]) -> list[tuple[str, str, str]]:
+    """Three lines per panel: where it prunes, what became of the patches, the largest merge weight."""
     titles = []
     for stage_id, stage in zip(schedule.active_stages(), stages):
-        merged = f" + {stage.merged_tokens} merged" if stage.merged_tokens else ""
-        titles.append(f"before block {schedule.begin_layers[stage_id]}: "
-                      f"{int(stage.kept.sum())}/{schedule.num_patches} patches{merged}")
+        kept = int(np.sum(stage.kept))
+        pruned = schedule.num_patches - kept
+        if stage.merged_tokens:
+            plural = "s" if stage.merged_tokens > 1 else ""
+            fate = f"{kept} kept, {pruned} merged into {stage.merged_tokens} token{plural}"
+            largest = f"largest dot: weight {100 * float(np.max(stage.merged_weight)):.0f} %"
+        else:
+            fate, largest = f"{kept} kept, {pruned} dropped", ""
+        titles.append((f"before block {schedule.begin_layers[stage_id]}", fate, largest))
     return titles
 
 
+def header_lines(method: str, source: str, caption: str, text_guided: bool, image_size: int, grid: int,
+                 panel_size: int) -> list[str]:
+    guide = (f"guided by the caption {caption!r}" if text_guided
+             else "the caption is not used" if method == "random" else "scored by the image alone (caption not used)")
+    scale = f", drawn at {panel_size} px" if panel_size != image_size else ""
+    return [f"{method} on {source}: {guide}",
+            f"input {image_size}x{image_size} px, {grid}x{grid} = {grid * grid} patches{scale}"]
+
+
+def draw_figure(image: Image.Image, stages: Sequence[StageMap], titles: Sequence[tuple[str, ...]],
+                header: Sequence[str], grid: int, panel_size: int, merge: bool = True,
+                random_weights: bool = False) -> Image.Image:
+    """Banner (random weights only), header, one titled panel per stage after the input, legend."""
+    display = np.asarray(image.convert("RGB").resize((panel_size, panel_size), Image.BICUBIC), np.float32)
+    panels = [display.astype(np.uint8)] + [stage_panel(display, s, grid) for s in stages]
+    width = len(panels) * panel_size + (len(panels) + 1) * MARGIN
+    text_width = width - 2 * MARGIN
+    typeface, bold = font(), font(FONT_SIZE + 1)
+
+    note = wrap(RANDOM_WEIGHTS_NOTE, text_width, bold) if random_weights else []
+    header_wrapped = [line for text in header for line in wrap(text, text_width, typeface)]
+    legend = legend_entries(display, grid, merge)
+    banner_height = (len(note) * LINE_HEIGHT + 2 * MARGIN) if note else 0
+    header_top = banner_height + MARGIN
+    titles_top = header_top + len(header_wrapped) * LINE_HEIGHT + MARGIN
+    panels_top = titles_top + max(map(len, titles), default=1) * LINE_HEIGHT + 4
+    legend_top = panels_top + panel_size + MARGIN
+    height = legend_top + len(legend) * (SWATCH + 6) + MARGIN
+
+    figure = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(figure)
+    if note:
+        draw.rectangle((0, 0, width - 1, banner_height - 1), fill=NOTE_BACKGROUND)
+        for i, line in enumerate(note):
+            draw.text((MARGIN, MARGIN + i * LINE_HEIGHT), line, fill=NOTE_TEXT, font=bold)
+    for i, line in enumerate(header_wrapped):
+        draw.text((MARGIN, header_top + i * LINE_HEIGHT), line, fill="black", font=typeface)
+    for i, (panel, title) in enumerate(zip(panels, [("input",)] + list(titles))):
+        x = MARGIN + i * (panel_size + MARGIN)
+        for j, line in enumerate(title):
+            draw.text((x, titles_top + j * LINE_HEIGHT), line, fill="black", font=typeface)
+        figure.paste(Image.fromarray(panel), (x, panels_top))
+    for i, entry in enumerate(legend):
+        y = legend_top + i * (SWATCH + 6)
+        figure.paste(Image.fromarray(entry.swatch), (MARGIN, y))
+        draw.rectangle((MARGIN - 1, y - 1, MARGIN + SWATCH, y + SWATCH), outline=(0, 0, 0))
+        draw.text((MARGIN + SWATCH + 8, y + (SWATCH - LINE_HEIGHT) // 2 + 2), entry.text, fill="black", font=typeface)
+    figure.info["title"] = "; ".join(header)
+    figure.info["legend"] = "; ".join(e.text for e in legend)
+    if random_weights:
+        figure.info["note"] = RANDOM_WEIGHTS_NOTE
+    return figure
+
+
 def save_png(figure: Image.Image, path: str) -> None:
-    """Atomic: written beside `path`, then renamed."""
+    """Atomic: written beside `path`, then renamed. The legend and the note travel as PNG text too."""
+    metadata = PngImagePlugin.PngInfo()
+    for key in ("title", "legend", "note"):
+        if key in figure.info:
+            metadata.add_text(key, figure.info[key])
     buffer = io.BytesIO()
-    figure.save(buffer, format="PNG")
+    figure.save(buffer, format="PNG", pnginfo=metadata)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -216,46 +393,61 @@ def save_png(figure: Image.Image, path: str) -> None:
 def visualize(image_path: str, caption: str, out: str, model_name: str = "tiny-12",
               checkpoint: Optional[str] = None, method: str = "elip", seed: int = 0,
               panel_size: Optional[int] = None) -> tuple[int, int]:
-    """Draws the figure to `out`; returns its (width, height)."""
-    model, variables = load_model(model_name, checkpoint, method, seed)
+    """Draws the figure to `out`; returns its (width, height). Bad input raises UsageError before anything
+    compiles."""
+    if method not in PRUNING_METHODS:
+        raise UsageError(f"method {method!r} prunes nothing to draw; choose one of {', '.join(PRUNING_METHODS)}")
+    source = read_image(image_path)
+    check_output_path(out)
+    if panel_size is not None and not 16 <= panel_size <= MAX_PANEL:
+        raise UsageError(f"--panel-size must be in [16, {MAX_PANEL}] pixels, got {panel_size}")
+    model, variables, name = load_model(model_name, checkpoint, method, seed)
     config, schedule = model.config, model.reduction
-    if not schedule.prunes:
-        raise SystemExit(f"method {method!r} prunes nothing: nothing to draw; choose elip, elip_inline, evit or random")
-    try:
-        source = Image.open(image_path)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"cannot read image {image_path!r}: {error}") from error
     crop, pixels = clip_preprocess(source, config.image_size)
     tokens = tokenize_caption(caption, config.context_length)
     kept, scores = pruning_decisions(model, variables, pixels, tokens, seed)
     stages = trace_stages(kept, config.num_patches, schedule.merge, scores)
-    panel = panel_size or max(config.image_size, 224)
-    figure = draw_figure(crop, stages, stage_titles(schedule, stages),
-                         f"{method} on {model_name if checkpoint is None else checkpoint}: {caption!r}",
-                         config.grid_size, panel)
+    panel = panel_size or default_panel_size(config.image_size, config.grid_size)
+    header = header_lines(method, name, caption, schedule.text_guided, config.image_size, config.grid_size, panel)
+    figure = draw_figure(crop, stages, stage_titles(schedule, stages), header, config.grid_size, panel,
+                         merge=schedule.merge, random_weights=checkpoint is None)
     save_png(figure, out)
     return figure.size
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one `error: ...` line (through run_command), not usage + exit."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see python -m elip_jax.visualize --help)")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m elip_jax.visualize", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m elip_jax.visualize", description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="image file (any format Pillow reads)")
     p.add_argument("--caption", required=True, help="the paired caption that guides text-guided methods")
-    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--model", default="tiny-12", help="architecture for random weights (without --checkpoint)")
-    p.add_argument("--checkpoint", help="directory for elip_jax.load_pretrained; random weights without it")
-    p.add_argument("--method", default="elip", choices=["elip", "elip_inline", "evit", "random"])
+    p.add_argument("--checkpoint", help="a converted folder or a training workdir; random weights without it")
+    p.add_argument("--method", default="elip", choices=PRUNING_METHODS)
     p.add_argument("--seed", type=int, default=0, help="random-weight init and random-masking key")
-    p.add_argument("--panel-size", type=int, default=None, help="pixels per panel (default max(image_size, 224))")
+    p.add_argument("--panel-size", type=int, default=None,
+                   help=f"pixels per panel (default: the image size, at least {MIN_PANEL})")
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     size = visualize(args.image, args.caption, args.out, args.model, args.checkpoint, args.method, args.seed,
                      args.panel_size)
     print(f"wrote {args.out} ({size[0]}x{size[1]})", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: exit code 0, or 2 with one `error: ...` line for bad input."""
+    return run_command(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

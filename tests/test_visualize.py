@@ -77,21 +77,192 @@ def test_captured_scores_are_the_ones_the_model_selected_by():
         np.testing.assert_array_equal(k, np.sort(np.argsort(-s, kind="stable")[:len(k)]))
 
 
-def test_cli_writes_a_png_of_the_expected_size(tmp_path):
-    image_path, out = tmp_path / "chelsea.png", tmp_path / "stages.png"
+# ---------------------------------------------------------------------------------------------- the picture
+
+def _cells(panel, grid):
+    """[grid*grid] list of the pixel blocks of a panel, row-major."""
+    size = panel.shape[0]
+    boxes = [vis.cell_box(i, grid, size) for i in range(grid * grid)]
+    return [panel[top:bottom + 1, left:right + 1].astype(np.float32) for left, top, right, bottom in boxes]
+
+
+def _dot_pixels(cell):
+    return int(np.all(np.abs(cell - np.array(vis.DOT, np.float32)) < 1, axis=-1).sum())
+
+
+def test_pruned_patches_are_dimmed_grey_and_kept_patches_untouched():
+    display = np.full((64, 64, 3), (230, 140, 40), np.float32)  # orange: a tint would not show on it
+    stage = vis.StageMap(kept=np.array([True, False, True, False]), merged_weight=np.array([0, 0.25, 0, 0.75]))
+    panel = vis.stage_panel(display, stage, grid=2)
+    kept, pruned = _cells(panel, 2)[0], _cells(panel, 2)[1]
+    np.testing.assert_array_equal(kept, display[:32, :32])
+    background = pruned[2:6, 2:6]  # a corner of the pruned patch, away from its dot and outline
+    assert background.mean() < 0.4 * kept.mean(), "a pruned patch must be visibly darker than a kept one"
+    assert np.ptp(background, axis=-1).max() <= 1, "a pruned patch is grey: no colour that reads as important"
+
+
+def test_merge_weights_are_dots_whose_area_is_proportional_to_the_weight():
+    display = np.full((160, 160, 3), 128, np.float32)
+    stage = vis.StageMap(kept=np.array([True, False, True, False]), merged_weight=np.array([0, 0.25, 0, 0.75]))
+    cells = _cells(vis.stage_panel(display, stage, grid=2), 2)
+    small, large = _dot_pixels(cells[1]), _dot_pixels(cells[3])
+    assert _dot_pixels(cells[0]) == _dot_pixels(cells[2]) == 0  # kept patches carry no dot
+    assert small > 0 and large / small == pytest.approx(3.0, rel=0.15)
+    no_merge = vis.StageMap(kept=np.array([True, False, True, False]), merged_weight=np.zeros(4))
+    assert sum(map(_dot_pixels, _cells(vis.stage_panel(display, no_merge, grid=2), 2))) == 0
+
+
+def _figure(random_weights, merge=True):
+    image = Image.fromarray(skimage.data.chelsea()).resize((64, 64))
+    stage = vis.trace_stages([np.array([0, 5, 10, 15])], num_patches=16, merge=merge)[0]
+    return vis.draw_figure(image, [stage], [("before block 2", "4 kept", "")], ["elip on tiny: a cat"], grid=4,
+                           panel_size=vis.default_panel_size(64, 4), merge=merge, random_weights=random_weights)
+
+
+def _note_pixels(figure):
+    return int(np.all(np.asarray(figure) == np.array(vis.NOTE_BACKGROUND), axis=-1).sum())
+
+
+def _has_block(figure, block):
+    """Whether `block` appears unchanged in the figure's left legend column."""
+    array, size = np.asarray(figure), block.shape[0]
+    x = vis.MARGIN
+    return any(np.array_equal(array[y:y + size, x:x + size], block) for y in range(array.shape[0] - size))
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_the_figure_has_a_legend_drawn_as_the_panels_are(merge):
+    figure = _figure(random_weights=False, merge=merge)
+    size = vis.default_panel_size(64, 4)
+    display = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((64, 64)).resize((size, size), Image.BICUBIC),
+                         np.float32)  # the input panel, as draw_figure scales it
+    entries = vis.legend_entries(display, 4, merge)
+    texts = " | ".join(e.text for e in entries)
+    assert "kept" in texts and "pruned" in texts and ("merged" in texts) == merge
+    for entry in entries:
+        assert _has_block(figure, entry.swatch), f"legend swatch for {entry.text!r} not drawn"
+
+
+def test_the_random_weights_note_is_drawn_only_for_random_weights():
+    assert _note_pixels(_figure(random_weights=True)) > 1000
+    assert _note_pixels(_figure(random_weights=False)) == 0
+
+
+def test_small_images_are_drawn_large():
+    assert vis.default_panel_size(64, 8) >= 224 and vis.default_panel_size(64, 8) % 8 == 0
+    assert vis.default_panel_size(336, 24) == 336
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+def _write_chelsea(tmp_path):
+    image_path = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(image_path)
+    return image_path
 
-    vis.main(["--image", str(image_path), "--caption", "a photo of a cat", "--out", str(out),
-              "--model", "tiny-12", "--method", "elip"])
 
+def test_cli_with_random_weights_draws_large_panels_a_legend_and_the_note(tmp_path):
+    image_path, out = _write_chelsea(tmp_path), tmp_path / "stages.png"
+    assert vis.main(["--image", str(image_path), "--caption", "a photo of a cat", "--out", str(out),
+                     "--model", "tiny-12", "--method", "elip"]) == 0
     with Image.open(out) as written:
         assert written.format == "PNG"
-        assert written.size == vis.figure_size(1 + 3, 224)  # input + ELIP's 3 stages, 224-px panels
+        assert written.width >= 4 * 224  # input + ELIP's 3 stages, 64-px images drawn at least 224 px
+        assert "kept" in written.info["legend"] and "merged" in written.info["legend"]
+        assert "RANDOM WEIGHTS" in written.info["note"]
+        assert _note_pixels(written.convert("RGB")) > 1000
 
 
-def test_cli_names_a_checkpoint_it_cannot_load(tmp_path):
-    image_path = tmp_path / "grey.png"
-    Image.new("RGB", (80, 64), (128, 128, 128)).save(image_path)
-    with pytest.raises(SystemExit, match="cannot load checkpoint|load_pretrained"):
-        vis.main(["--image", str(image_path), "--caption", "a cat", "--out", str(tmp_path / "x.png"),
-                  "--checkpoint", str(tmp_path / "missing")])
+def _converted_folder(tmp_path):
+    import jax
+    import elip_jax
+    from elip_jax.convert.checkpoint import save_pretrained
+
+    model = elip_jax.create_model("tiny")
+    variables = model.init(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32), np.zeros((1, 77), np.int32))
+    return str(save_pretrained(tmp_path / "converted", variables, model.config)), "converted"
+
+
+def _training_workdir(tmp_path):
+    import os
+    import sys
+    from elip_jax.data import prepare_builtin
+    from elip_jax.train.loop import train
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    import smoke  # configs/smoke.py
+
+    config = smoke.get_config("evit")
+    config.data.data_dir = prepare_builtin(str(tmp_path / "data"), config="small")
+    config.num_steps = 2
+    config.checkpoint.every_steps = 2
+    config.checkpoint.async_save = False
+    workdir = str(tmp_path / "workdir")
+    train(config, workdir)
+    return workdir, "workdir@step2"
+
+
+@pytest.mark.parametrize("make_checkpoint", [_converted_folder, _training_workdir], ids=["converted", "workdir"])
+def test_cli_reads_a_converted_folder_or_a_training_workdir_and_draws_no_random_weights_note(
+        tmp_path, capsys, make_checkpoint):
+    checkpoint, name = make_checkpoint(tmp_path)
+    image_path, out = _write_chelsea(tmp_path), tmp_path / "stages.png"
+    capsys.readouterr()
+    assert vis.main(["--image", str(image_path), "--caption", "a cat", "--out", str(out),
+                     "--checkpoint", checkpoint, "--method", "evit"]) == 0, capsys.readouterr().err
+    with Image.open(out) as written:
+        assert "note" not in written.info and "kept" in written.info["legend"]
+        assert _note_pixels(written.convert("RGB")) == 0
+        assert name in written.info["title"]
+
+
+def _bad_inputs(tmp_path):
+    image = _write_chelsea(tmp_path)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(image.read_bytes()[:2000])
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    out = str(tmp_path / "out.png")
+    base = ["--caption", "a cat"]
+    return {
+        "missing image": (base + ["--image", str(tmp_path / "missing.png"), "--out", out], "missing.png"),
+        "not an image": (base + ["--image", str(text), "--out", out], "notes.txt"),
+        "truncated image": (base + ["--image", str(truncated), "--out", out], "truncated.png"),
+        "image is a folder": (base + ["--image", str(tmp_path), "--out", out], "folder"),
+        "output is a folder": (base + ["--image", str(image), "--out", str(folder)], "folder"),
+        "output under a file": (base + ["--image", str(image), "--out", str(text / "x.png")], "not a folder"),
+        "output not png": (base + ["--image", str(image), "--out", str(tmp_path / "x.jpg")], ".png"),
+        "method prunes nothing": (base + ["--image", str(image), "--out", out, "--method", "none"], "none"),
+        "panel size": (base + ["--image", str(image), "--out", out, "--panel-size", "0"], "panel-size"),
+        "missing flag": (["--image", str(image), "--out", out], "caption"),
+        "unknown model": (base + ["--image", str(image), "--out", out, "--model", "ViT-Q-99"], "ViT-Q-99"),
+        "missing checkpoint": (base + ["--image", str(image), "--out", out, "--checkpoint",
+                                       str(tmp_path / "nowhere")], "nowhere"),
+        "checkpoint of neither kind": (base + ["--image", str(image), "--out", out, "--checkpoint",
+                                               str(folder)], "neither"),
+        "checkpoint is a file": (base + ["--image", str(image), "--out", out, "--checkpoint", str(text)],
+                                 "is a file"),
+    }
+
+
+CASES = ["missing image", "not an image", "truncated image", "image is a folder", "output is a folder",
+         "output under a file", "output not png", "method prunes nothing", "panel size", "missing flag",
+         "unknown model", "missing checkpoint", "checkpoint of neither kind", "checkpoint is a file"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_error_line_exit_2_before_any_compilation(tmp_path, capsys, monkeypatch, case):
+    def compiled(*args, **kwargs):
+        raise AssertionError("the model ran before the input was checked")
+
+    monkeypatch.setattr(vis, "pruning_decisions", compiled)
+    if case not in ("unknown model", "missing checkpoint", "checkpoint of neither kind", "checkpoint is a file"):
+        monkeypatch.setattr(vis, "load_model", compiled)
+    argv, named = _bad_inputs(tmp_path)[case]
+    assert vis.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert named in err[0]
+    assert not (tmp_path / "out.png").exists()
