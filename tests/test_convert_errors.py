@@ -118,10 +118,12 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path, state_dict,
     safetensors.numpy.save_file(state_dict, tmp_path / "w.safetensors")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out")]) == 2
+    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"),
+                 "--activation", "gelu"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"), "--overwrite"]) == 0
+    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"), "--overwrite",
+                 "--activation", "gelu"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "params"]
     assert main(["--input", str(tmp_path / "out"), "--to", "hf", "--output", str(tmp_path / "hf"),
                  "--image-size", "64"]) == 2

@@ -23,12 +23,13 @@ skimage_data = pytest.importorskip("skimage.data")
 from PIL import Image  # noqa: E402
 
 import jax  # noqa: E402
-import safetensors.torch  # noqa: E402
 
-from elip_jax.convert import convert_checkpoint, export_checkpoint, load_pretrained, params_from_checkpoint  # noqa: E402
+from elip_jax.convert import (convert_checkpoint, export_checkpoint, load_pretrained,  # noqa: E402
+                              params_from_checkpoint, save_pretrained)
+from elip_jax.models.config import CLIPConfig  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from convert_support import assert_trees_equal  # noqa: E402
+from convert_support import assert_trees_equal, random_params  # noqa: E402
 from torch_stubs import install_torchvision_stub  # noqa: E402
 
 install_torchvision_stub()
@@ -144,17 +145,55 @@ def test_round_trip_through_pytorch_is_exact(case):
     if library == "hf":
         exported = export_checkpoint(tmp / "elip", "hf", tmp / "hf-export")
         reloaded = transformers.CLIPModel.from_pretrained(exported).eval()
-    else:
-        exported = export_checkpoint(tmp / "elip", "open_clip", tmp / "export.safetensors")
-        reloaded = open_clip.create_model(_open_clip_name(case["name"])).eval()
-        reloaded.load_state_dict(safetensors.torch.load_file(exported), strict=True)
+    else:  # open_clip builds the model from the exported open_clip_config.json alone, then loads the weights
+        exported = export_checkpoint(tmp / "elip", "open_clip", tmp / "open_clip-export")
+        reloaded = open_clip.create_model(f"local-dir:{exported}").eval()
+        assert isinstance(reloaded.transformer.resblocks[0].mlp.gelu, type(case["model"].transformer.resblocks[0].mlp.gelu))
     original, loaded = case["model"].state_dict(), reloaded.state_dict()
     assert original.keys() == loaded.keys()
     for key in original:
         assert torch.equal(original[key], loaded[key]), key
-    again, _, _ = params_from_checkpoint(exported, model=case["name"])
+    again, config, _ = params_from_checkpoint(exported)  # no --model: the exported folder states everything
+    assert config == case["jax_model"].config
     assert_trees_equal(jax.tree.map(np.asarray, case["variables"]["params"]), again)
 
 
-def _open_clip_name(elip_name: str) -> str:
-    return {"ViT-B-16-gelu": "ViT-B-16", "ViT-B-32-gelu": "ViT-B-32"}.get(elip_name, elip_name)
+# GELU, heads that break OpenAI's width // 64 rule in both towers, and a SigLIP-style logit_bias: everything
+# an open_clip folder must state for open_clip and elip_jax to build the same model from it.
+UNUSUAL = CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=128, vision_layers=2, vision_heads=4,
+                     text_width=128, text_layers=2, text_heads=8, context_length=16, vocab_size=500,
+                     activation="gelu", init_logit_bias=-5.0)
+
+
+def test_open_clip_folder_builds_the_same_model_in_open_clip_and_back(tmp_path):
+    """--to open_clip writes open_clip_config.json beside the weights: open_clip builds the model from it
+    (heads, GELU, logit_bias) and computes elip_jax's features, and reading the folder back needs no flags.
+    It used to write the weights alone, which read back as 2-head QuickGELU."""
+    params = random_params(UNUSUAL, seed=4)
+    params["logit_bias"] = np.float32(-5.0)
+    save_pretrained(tmp_path / "elip", params, UNUSUAL)
+    exported = export_checkpoint(tmp_path / "elip", "open_clip", tmp_path / "open_clip")
+    assert sorted(p.name for p in exported.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+
+    reference = open_clip.create_model(f"local-dir:{exported}").eval()  # loads the weights, strict
+    assert reference.visual.transformer.resblocks[0].attn.num_heads == 4
+    assert reference.transformer.resblocks[0].attn.num_heads == 8
+    assert isinstance(reference.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    assert float(reference.logit_bias.detach()) == -5.0
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((3, 32, 32, 3)).astype(np.float32)
+    tokens = rng.integers(1, 499, (3, 16)).astype(np.int32)
+    tokens[:, 9] = 499  # the end-of-text token: the highest id, where both pool (argmax)
+    with torch.no_grad():
+        ref_image = reference.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True).numpy()
+        ref_text = reference.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
+    model, variables = load_pretrained(tmp_path / "elip")
+    image, text, _ = model.apply(variables, images, tokens)
+    np.testing.assert_allclose(np.asarray(image), ref_image, atol=EMBED_TOL)
+    np.testing.assert_allclose(np.asarray(text), ref_text, atol=EMBED_TOL)
+
+    again, config, provenance = params_from_checkpoint(exported)
+    assert config == UNUSUAL
+    assert provenance["inferred_from"] == {field: "open_clip_config.json"
+                                           for field in ("activation", "vision_heads", "text_heads")}
+    assert_trees_equal(params, again)

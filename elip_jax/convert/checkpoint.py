@@ -46,7 +46,12 @@ def read_config(directory) -> tuple[CLIPConfig, dict]:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise ConversionError(f"{directory} is not an elip_jax checkpoint: it has no config.json")
-    document = json.loads(path.read_text())
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise ConversionError(f"{path} is not an elip_jax checkpoint config (a JSON {type(document).__name__})")
     if document.get("format") != ELIP_JAX_FORMAT:
         raise ConversionError(f"{path} is not an elip_jax checkpoint config (format "
                               f"{document.get('format')!r}, expected {ELIP_JAX_FORMAT!r}); convert the "
@@ -54,7 +59,10 @@ def read_config(directory) -> tuple[CLIPConfig, dict]:
     if document.get("format_version", 0) > FORMAT_VERSION:
         raise ConversionError(f"{path} has format_version {document['format_version']}; this elip_jax "
                               f"reads up to {FORMAT_VERSION}")
-    return config_from_dict(document["config"]), document.get("provenance", {})
+    try:
+        return config_from_dict(document["config"]), document.get("provenance", {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConversionError(f"{path} holds no valid model config ({type(err).__name__}: {err})") from None
 
 
 def load_params(directory) -> dict:
@@ -63,7 +71,12 @@ def load_params(directory) -> dict:
     path = (Path(directory) / PARAMS_DIR).absolute()
     if not path.exists():
         raise ConversionError(f"{directory} has no {PARAMS_DIR}/ Orbax checkpoint")
-    restored = ocp.StandardCheckpointer().restore(path)
+    try:
+        restored = ocp.StandardCheckpointer().restore(path)
+    except Exception as err:  # pylint: disable=broad-except  # Orbax and tensorstore raise many kinds
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:240]
+        raise ConversionError(f"{path} cannot be restored ({type(err).__name__}: {reason}); the checkpoint is "
+                              "truncated or corrupt") from None
     return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), restored)
 
 

@@ -1,4 +1,10 @@
-"""elip_jax params -> PyTorch-loadable safetensors: a Hugging Face CLIPModel folder or an open_clip state dict."""
+"""elip_jax params -> PyTorch: a Hugging Face CLIPModel folder, or an open_clip hub folder.
+
+Both are folders that carry the architecture beside the weights, so they load (in PyTorch, and back here)
+with no flags: HF's config.json + model.safetensors, and open_clip's open_clip_config.json +
+open_clip_model.safetensors, the layout of open_clip's Hugging Face hub repositories, which
+`open_clip.create_model('local-dir:DIR')` (or 'hf-hub:ORG/REPO' once pushed) builds and loads.
+"""
 from __future__ import annotations
 
 import json
@@ -7,12 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from elip_jax.convert import hf_layout, openai_layout
-from elip_jax.convert.atomic import atomic_directory, atomic_file
+from elip_jax.convert.atomic import atomic_directory, atomic_files
 from elip_jax.convert.errors import ConversionError
+from elip_jax.convert.readers import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
 from elip_jax.models.config import CLIPConfig
 
 # transformers refuses safetensors files whose metadata does not name a framework
 SAFETENSORS_METADATA = {"format": "pt"}
+OPEN_CLIP_FILES = (OPEN_CLIP_WEIGHTS[0], OPEN_CLIP_CONFIG)  # open_clip_model.safetensors, open_clip_config.json
 
 
 def _save_safetensors(tensors: dict, path: Path):
@@ -21,13 +29,44 @@ def _save_safetensors(tensors: dict, path: Path):
               metadata=SAFETENSORS_METADATA)
 
 
+def open_clip_config_for(config: CLIPConfig) -> dict:
+    """open_clip's open_clip_config.json for this architecture: {'model_cfg': ...} in the layout of open_clip's
+    model_configs/*.json. preprocess_cfg is left to open_clip's defaults, which are CLIP's (OpenAI mean/std,
+    bicubic resize of the shorter side), as elip_jax's."""
+    model_cfg = {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.activation == "quick_gelu",  # written even when False: the activation is stated
+        "vision_cfg": {"image_size": config.image_size, "layers": config.vision_layers,
+                       "width": config.vision_width, "head_width": config.vision_width // config.vision_heads,
+                       "mlp_ratio": config.mlp_ratio, "patch_size": config.patch_size},
+        "text_cfg": {"context_length": config.context_length, "vocab_size": config.vocab_size,
+                     "width": config.text_width, "heads": config.text_heads, "layers": config.text_layers,
+                     "mlp_ratio": config.mlp_ratio},
+    }
+    if config.init_logit_bias is not None:  # gives open_clip's CLIP its logit_bias parameter
+        model_cfg["init_logit_bias"] = config.init_logit_bias
+    return {"model_cfg": model_cfg}
+
+
 def export_open_clip(params: dict, config: CLIPConfig, output, overwrite: bool = False) -> Path:
-    """A .safetensors state dict in the OpenAI/open_clip layout, for
-    `open_clip.create_model(name).load_state_dict(safetensors.torch.load_file(output))`."""
+    """An open_clip hub folder: output/open_clip_model.safetensors + output/open_clip_config.json.
+
+    output may be an existing folder: the two files are written into it (refused if either exists, unless
+    overwrite). Load it with `open_clip.create_model('local-dir:' + output)`, or the weights alone with
+    `open_clip.create_model(name, pretrained=output + '/open_clip_model.safetensors')`."""
     state_dict = openai_layout.from_params(params, config)
-    with atomic_file(output, overwrite) as tmp:
-        _save_safetensors(state_dict, tmp)
-    return Path(output)
+    document = json.dumps(open_clip_config_for(config), indent=2) + "\n"
+    output = Path(output)
+    weights, config_json = OPEN_CLIP_FILES
+    if output.is_dir():
+        with atomic_files(output, OPEN_CLIP_FILES, overwrite) as tmp:
+            _save_safetensors(state_dict, tmp[weights])
+            tmp[config_json].write_text(document)
+    else:
+        with atomic_directory(output, overwrite) as tmp:
+            _save_safetensors(state_dict, tmp / weights)
+            (tmp / config_json).write_text(document)
+    return output
 
 
 def export_hf(params: dict, config: CLIPConfig, output, overwrite: bool = False) -> Path:

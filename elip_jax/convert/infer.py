@@ -1,10 +1,13 @@
 """Read a CLIP architecture off an OpenAI-layout state dict, and confirm it against a named model.
 
 Tensor shapes fix widths, depths, patch size, resolution, context length, vocabulary and embedding size.
-Two things they cannot show: the number of attention heads (OpenAI's rule is width // 64, which holds for
-every released OpenAI and open_clip ViT-B/L model) and the activation; those come from the source's own
-config (HF config.json, open_clip_config.json), from `--model`, or from the defaults, in that order, and
-the config records where each came from.
+Two things they cannot show: the number of attention heads and the activation. Both come from what the
+source states (its HF config.json or open_clip_config.json, a TorchScript archive's activation modules, an
+OpenAI release's buffers: see readers.py), from `--activation`, or from `--model`. Heads otherwise follow
+OpenAI's rule width // 64 (true of every released OpenAI and open_clip ViT-B/L model, and open_clip's own
+default head_width), recorded as a default; the activation is never defaulted: QuickGELU and GELU give
+different features from the same weights, so a source that states neither is refused (see the pipeline).
+The config records where each came from.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ HEAD_WIDTH = 64
 # fields the user may not have meant to change by naming a model: never compared
 _NOT_COMPARED = {"dtype", "remat", "init_logit_scale", "init_logit_bias"}
 _GUESSABLE = ("vision_heads", "text_heads", "activation")
+UNSTATED = "unstated"  # sources[activation] when nothing said it; the pipeline refuses such a config
 
 
 def _shape(state_dict, key):
@@ -77,16 +81,20 @@ def infer_config(state_dict: dict, stated: Optional[dict] = None) -> tuple[CLIPC
                               "elip_jax's CLIP uses one mlp_ratio")
 
     fields, sources = {}, {}
+    shape_claims = {}  # what a config says about fields the tensors show: checked below, never taken as is
     for field, (value, source) in (stated or {}).items():
-        fields[field], sources[field] = value, source
+        if field in _GUESSABLE:
+            fields[field], sources[field] = value, source
+        else:
+            shape_claims[field] = (value, source)
     for field, width in (("vision_heads", vision_width), ("text_heads", text_width)):
         if field not in fields:
             if width % HEAD_WIDTH:
                 raise ConversionError(f"cannot guess {field}: width {width} is not a multiple of {HEAD_WIDTH}; "
                                       "name the architecture with --model")
             fields[field], sources[field] = width // HEAD_WIDTH, f"default (width // {HEAD_WIDTH})"
-    if "activation" not in fields:
-        fields["activation"], sources["activation"] = "quick_gelu", "default (OpenAI's QuickGELU)"
+    if "activation" not in fields:  # a placeholder so a config can be built; confirm_model or the pipeline decide
+        fields["activation"], sources["activation"] = "quick_gelu", UNSTATED
     if "logit_bias" in state_dict:  # only its presence matters to the shapes; the value is the weight
         fields["init_logit_bias"] = float(state_dict["logit_bias"].reshape(-1)[0])
     try:
@@ -97,6 +105,11 @@ def infer_config(state_dict: dict, stated: Optional[dict] = None) -> tuple[CLIPC
             vocab_size=token[0], mlp_ratio=vision_ratio, **fields)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"the tensors describe no valid CLIP architecture: {err}") from None
+    contradictions = [f"{source} says {field} {value!r}, the tensors have {getattr(config, field)!r}"
+                      for field, (value, source) in shape_claims.items()
+                      if hasattr(config, field) and value != getattr(config, field)]
+    if contradictions:
+        raise ConversionError("the checkpoint's config does not describe its tensors: " + "; ".join(contradictions))
     return config, sources
 
 
@@ -107,7 +120,7 @@ def confirm_model(config: CLIPConfig, sources: dict, name: str, ignore: tuple = 
         named = get_config(name)
     except ValueError as err:
         raise ConversionError(str(err)) from None
-    guessed = {f for f in _GUESSABLE if sources.get(f, "").startswith("default")}
+    guessed = {f for f in _GUESSABLE if sources.get(f, "").startswith("default") or sources.get(f) == UNSTATED}
     diffs = [f"{f.name}: checkpoint {getattr(config, f.name)!r} ({sources.get(f.name, 'tensors')}), "
              f"{name} {getattr(named, f.name)!r}"
              for f in dataclasses.fields(CLIPConfig)

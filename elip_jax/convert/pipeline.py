@@ -6,11 +6,16 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
+import jax
+import numpy as np
+
 from elip_jax.convert import hf_layout, openai_layout
-from elip_jax.convert.checkpoint import check_param_shapes, load_params, read_config, save_pretrained
+
+from elip_jax.convert.atomic import check_output
+from elip_jax.convert.checkpoint import check_param_shapes, save_pretrained
 from elip_jax.convert.errors import ConversionError
-from elip_jax.convert.exporters import EXPORTERS
-from elip_jax.convert.infer import confirm_model, infer_config
+from elip_jax.convert.exporters import EXPORTERS, OPEN_CLIP_FILES
+from elip_jax.convert.infer import UNSTATED, confirm_model, infer_config
 from elip_jax.convert.pos_embed import resize_positional_embedding
 from elip_jax.convert.readers import read_checkpoint
 from elip_jax.models.config import CLIPConfig
@@ -27,8 +32,6 @@ def params_from_checkpoint(path, model: Optional[str] = None, image_size: Option
     if hf_layout.is_hf_layout(state_dict):
         state_dict, layout = hf_layout.hf_to_openai(state_dict), "hf"
     stated = dict(source.stated)
-    if source.container == "torchscript" and "activation" not in stated:
-        stated["activation"] = ("quick_gelu", "OpenAI TorchScript release (all use QuickGELU)")
     if activation is not None:
         if activation not in ACTIVATIONS:
             raise ConversionError(f"--activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -49,6 +52,12 @@ def params_from_checkpoint(path, model: Optional[str] = None, image_size: Option
             "method": "bicubic, antialias, align_corners=False, CLS row kept (open_clip resize_pos_embed)"}
         params, config = _resize(params, config, image_size)
     check_param_shapes(params, config)
+    if sources["activation"] == UNSTATED:
+        raise ConversionError(
+            f"{path} does not state its activation (it has no open_clip_config.json or HF config.json beside it, "
+            "and it is not an OpenAI release), and QuickGELU and GELU give different features from the same "
+            "weights: pass --activation quick_gelu or --activation gelu, or --model NAME (e.g. ViT-B-16 for "
+            "OpenAI's QuickGELU models, ViT-B-16-gelu for open_clip's GELU ones)")
     return params, config, provenance
 
 
@@ -65,19 +74,46 @@ def _resize(params: dict, config: CLIPConfig, image_size: int):
 def convert_checkpoint(path, output, model: Optional[str] = None, image_size: Optional[int] = None,
                        activation: Optional[str] = None, overwrite: bool = False) -> CLIPConfig:
     """PyTorch CLIP checkpoint -> elip_jax folder (Orbax params + config.json). Returns the config."""
+    check_output(output, overwrite, source=path)
     params, config, provenance = params_from_checkpoint(path, model, image_size, activation)
     save_pretrained(output, params, config, provenance, overwrite=overwrite)
     return config
 
 
-def export_checkpoint(directory, to: str, output, overwrite: bool = False) -> Path:
-    """elip_jax folder -> 'hf' (a CLIPModel folder) or 'open_clip' (a .safetensors state dict)."""
+def check_export_output(to: str, output, overwrite: bool = False, source=None) -> Path:
+    """Refuses a bad --to / --output pair before anything is read (see `export_checkpoint`)."""
     if to not in EXPORTERS:
         raise ConversionError(f"--to must be one of {sorted(EXPORTERS)}, got {to!r}")
-    config, _ = read_config(directory)
-    params = load_params(directory)
+    if to == "open_clip":
+        if Path(output).suffix in (".safetensors", ".bin", ".pt", ".pth") and not Path(output).is_dir():
+            raise ConversionError(
+                f"--to open_clip writes an open_clip folder ({' + '.join(OPEN_CLIP_FILES)}, the layout of "
+                f"open_clip's hub repositories), so --output names that folder, not a weights file: got {output}")
+        return check_output(output, overwrite, inside=OPEN_CLIP_FILES, source=source)
+    return check_output(output, overwrite, source=source)
+
+
+def export_checkpoint(source, to: str, output, overwrite: bool = False) -> Path:
+    """An elip_jax converted folder or training workdir (its newest restorable checkpoint) -> 'hf' (a
+    transformers CLIPModel folder) or 'open_clip' (an open_clip hub folder: weights + open_clip_config.json;
+    an existing folder receives the two files). Returns the path written."""
+    check_export_output(to, output, overwrite, source)
+    params, config = _read_elip_jax(source)
     check_param_shapes(params, config)
     return EXPORTERS[to](params, config, output, overwrite=overwrite)
+
+
+def _read_elip_jax(source) -> tuple[dict, CLIPConfig]:
+    """(float32 numpy param tree, config) of a converted folder or a training workdir, through the one loader
+    (elip_jax.checkpoints.load); a model name is refused: exporting random weights is never meant."""
+    from elip_jax.checkpoints import load
+    if not Path(source).is_dir():
+        state = "does not exist" if not Path(source).exists() else "is a file"
+        raise ConversionError(f"--input {source} {state}; with --to it names an elip_jax checkpoint: a converted "
+                              "folder (config.json + params/) or a training workdir (model_config.json + "
+                              "checkpoints/)")
+    model, variables, _ = load(str(source))
+    return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), variables["params"]), model.config
 
 
 def _sha256(path) -> str:

@@ -8,8 +8,9 @@ other import the pickle asks for is refused before it can run. torch is not need
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import ml_dtypes
 import numpy as np
@@ -31,8 +32,15 @@ def is_torchscript_zip(names: list[str]) -> bool:
 class ScriptObject:
     """Stand-in for a `__torch__.*` class instance: keeps its pickled state, has no behaviour."""
 
+    torch_class = ""  # the archive's qualified class name, e.g. __torch__.torch.nn.modules.activation.GELU
+
     def __setstate__(self, state):
         self.state = state
+
+
+class TorchScriptContents(NamedTuple):
+    tensors: dict  # dotted attribute path -> numpy array, as in `state_dict()`
+    classes: dict  # dotted attribute path of every scripted module -> its qualified class name and state
 
 
 class StorageType:
@@ -91,7 +99,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module.startswith("__torch__"):  # a scripted module class: keep its state only
             key = f"{module}.{name}"
             if key not in self._script_classes:
-                self._script_classes[key] = type(name, (ScriptObject,), {})
+                self._script_classes[key] = type(name, (ScriptObject,), {"torch_class": key})
             return self._script_classes[key]
         raise UnsafeCheckpointError(
             f"refused to load: the TorchScript pickle asks for {module}.{name}, which is not tensor data. "
@@ -118,8 +126,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def read_torchscript(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
-    """The archive's module tensors as a flat `state_dict`-style dict (dotted attribute paths)."""
+def read_torchscript(archive: zipfile.ZipFile) -> TorchScriptContents:
+    """The archive's module tensors as a flat `state_dict`-style dict (dotted attribute paths), and the
+    classes of its modules (which is how an archive states its activation: see `stated_activation`)."""
     names = archive.namelist()
     data_pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if not data_pkl:
@@ -131,19 +140,66 @@ def read_torchscript(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
     with archive.open(data_pkl[0]) as f:
         root = _RestrictedUnpickler(f, archive, prefix, byteorder).load()
     tensors: dict[str, np.ndarray] = {}
-    _collect(root, "", tensors)
+    classes: dict[str, tuple] = {}
+    _collect(root, "", tensors, classes)
     if not tensors:
         raise ConversionError("the TorchScript archive holds no tensors")
-    return tensors
+    for path, (torch_class, state) in classes.items():
+        if torch_class.rsplit(".", 1)[-1] == "GELU":
+            classes[path] = (torch_class, {**state, **_gelu_constants(archive, prefix, torch_class)})
+    return TorchScriptContents(tensors, classes)
 
 
-def _collect(obj: Any, path: str, out: dict):
+def _gelu_constants(archive: zipfile.ZipFile, prefix: str, torch_class: str) -> dict:
+    """{'approximate': ...} as the archive's code for a GELU class declares it (a constant there, not part of
+    the pickled state). The code is read as text, never run."""
+    module, name = torch_class.rsplit(".", 1)
+    try:
+        code = archive.read(f"{prefix}code/{module.replace('.', '/')}.py").decode("utf-8", "replace")
+    except KeyError:
+        return {}
+    body = re.search(rf"^class {re.escape(name)}\(Module\):\n(.*?)(?=^class |\Z)", code, re.S | re.M)
+    found = body and re.search(r'^\s+approximate\s*:\s*Final\[str\]\s*=\s*"(\w+)"', body.group(1), re.M)
+    return {"approximate": found.group(1)} if found else {}
+
+
+def _collect(obj: Any, path: str, out: dict, classes: dict):
     """Walks module attributes depth-first; tensors land under their dotted path, as in `state_dict()`."""
     if isinstance(obj, np.ndarray):
         out[path] = obj
     elif isinstance(obj, ScriptObject):
-        _collect(getattr(obj, "state", None), path, out)
+        state = getattr(obj, "state", None)
+        classes[path] = (obj.torch_class, state if isinstance(state, dict) else {})
+        _collect(state, path, out, classes)
     elif isinstance(obj, dict):
         for name, value in obj.items():
             if isinstance(name, str):
-                _collect(value, f"{path}.{name}" if path else name, out)
+                _collect(value, f"{path}.{name}" if path else name, out, classes)
+
+
+def stated_activation(classes: dict) -> Optional[tuple[str, str]]:
+    """(activation, where) as the archive's own MLP activation modules state it, or None if it has none.
+
+    A TorchScript archive holds its modules as objects of their classes: OpenAI's releases name theirs
+    `__torch__.multimodal.model.multimodal_transformer.<mangle>.QuickGELU`, a scripted open_clip model
+    `...open_clip.transformer.QuickGELU` or torch's `...torch.nn.modules.activation.GELU`. The class is the
+    code the archive runs, so it is a statement, not a guess."""
+    found = {}
+    for path, (torch_class, state) in classes.items():
+        name = torch_class.rsplit(".", 1)[-1]
+        if name == "QuickGELU":
+            found.setdefault("quick_gelu", path)
+        elif name == "GELU" and ".torch.nn.modules.activation" in torch_class:
+            approximate = state.get("approximate", "none")
+            if approximate != "none":
+                raise ConversionError(f"the TorchScript archive's activation {path} is GELU(approximate="
+                                      f"{approximate!r}); elip_jax implements exact GELU and QuickGELU only")
+            found.setdefault("gelu", path)
+    if len(found) > 1:
+        raise ConversionError(f"the TorchScript archive mixes activations ({found}); elip_jax uses one "
+                              "activation for both towers")
+    if not found:
+        return None
+    (activation, path), = found.items()
+    kind = "QuickGELU" if activation == "quick_gelu" else "GELU"
+    return activation, f"TorchScript archive (its activation modules, e.g. {path}, are {kind})"
