@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from elip_jax.convert import ConversionError, UnsafeCheckpointError, convert_checkpoint, openai_layout
+from elip_jax.convert import ConversionError, UnsafeCheckpointError, convert_checkpoint, openai_layout, read_config
 from elip_jax.convert.cli import main
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -123,8 +123,17 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path, state_dict,
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"), "--overwrite",
-                 "--activation", "gelu"]) == 0
+                 "--activation", "gelu"]) == 2  # a folder of the user's own is never deleted, even so
+    assert "only if it holds a previous conversion (config.json, params); it also holds keep.txt" in \
+        capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    (tmp_path / "out" / "keep.txt").unlink()
+    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"), "--overwrite",
+                 "--activation", "gelu"]) == 0  # an empty folder, then a previous conversion, are replaced
+    assert main(["--input", str(tmp_path / "w.safetensors"), "--output", str(tmp_path / "out"), "--overwrite",
+                 "--activation", "quick_gelu"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "params"]
+    assert read_config(tmp_path / "out")[0].activation == "quick_gelu"
     assert main(["--input", str(tmp_path / "out"), "--to", "hf", "--output", str(tmp_path / "hf"),
                  "--image-size", "64"]) == 2
     assert "--image-size applies when converting to elip_jax" in capsys.readouterr().err

@@ -18,17 +18,27 @@ from elip_jax.convert.errors import ConversionError
 FOLDER_MODE, FILE_MODE = 0o755, 0o644
 
 
-def _check_target(final: Path, overwrite: bool):
+def _check_target(final: Path, overwrite: bool, writes: Optional[tuple] = None):
+    """writes: what the new folder holds; --overwrite replaces a folder only if it holds nothing else (a
+    previous conversion, or nothing), so a mistyped --output . --overwrite cannot delete a user's files."""
     if final.exists() and not overwrite:
         raise ConversionError(f"{final} already exists; choose another --output or pass --overwrite")
+    if final.is_dir() and writes is not None:
+        others = sorted(set(os.listdir(final)) - set(writes))
+        if others:
+            raise ConversionError(f"--overwrite replaces {final} only if it holds a previous conversion "
+                                  f"({', '.join(sorted(writes))}); it also holds {', '.join(others[:5])}"
+                                  f"{' ...' if len(others) > 5 else ''}: choose another --output")
 
 
-def check_output(output, overwrite: bool, inside: Optional[tuple] = None, source=None) -> Path:
+def check_output(output, overwrite: bool, writes: tuple = (), inside: Optional[tuple] = None,
+                 source=None) -> Path:
     """Refuses an --output that cannot be written, before any checkpoint is read.
 
-    inside: None when `output` is the folder to create (replaced whole with --overwrite); else the names of
-    the files to write inside `output`, which may already exist as a folder (only those files are replaced).
-    source: the input path, which an output may never be or contain."""
+    writes: the names the output folder will hold (with --overwrite an existing folder that holds anything
+    else is refused). inside: instead, the names of files to write inside `output`, which may already exist
+    as a folder (only those files are replaced). source: the input path, which an output may never be or
+    contain."""
     final = Path(output).absolute()
     if source is not None:
         src = Path(source).resolve()
@@ -37,7 +47,7 @@ def check_output(output, overwrite: bool, inside: Optional[tuple] = None, source
     if final.exists() and not final.is_dir():
         raise ConversionError(f"--output {output} is an existing file; expected a folder path")
     if inside is None:
-        _check_target(final, overwrite)
+        _check_target(final, overwrite, writes)
     elif final.is_dir() and not overwrite:
         for name in inside:
             if (final / name).exists():
@@ -72,6 +82,7 @@ def atomic_directory(final, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _make_readable(tmp)
+        _check_target(final, overwrite, tuple(os.listdir(tmp)))
         if final.exists():  # --overwrite: move the old one aside first so the swap is one rename
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, old / final.name)

@@ -12,13 +12,16 @@ import numpy as np
 from elip_jax.convert import hf_layout, openai_layout
 
 from elip_jax.convert.atomic import check_output
-from elip_jax.convert.checkpoint import check_param_shapes, save_pretrained
+from elip_jax.convert.checkpoint import PARAMS_DIR, check_param_shapes, save_pretrained
 from elip_jax.convert.errors import ConversionError
 from elip_jax.convert.exporters import EXPORTERS, OPEN_CLIP_FILES
 from elip_jax.convert.infer import UNSTATED, confirm_model, infer_config
 from elip_jax.convert.pos_embed import resize_positional_embedding
 from elip_jax.convert.readers import read_checkpoint
-from elip_jax.models.config import CLIPConfig
+from elip_jax.models.config import CLIPConfig, get_config
+
+ELIP_JAX_FILES = ("config.json", PARAMS_DIR)  # what a converted folder holds
+HF_FILES = ("config.json", "model.safetensors")
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 
@@ -26,6 +29,13 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 def params_from_checkpoint(path, model: Optional[str] = None, image_size: Optional[int] = None,
                            activation: Optional[str] = None) -> tuple[dict, CLIPConfig, dict]:
     """(param tree, config, provenance) from any supported PyTorch CLIP checkpoint; writes nothing."""
+    if image_size is not None and image_size <= 0:
+        raise ConversionError(f"--image-size must be a positive multiple of the patch size; got {image_size}")
+    if model is not None:
+        try:
+            get_config(model)  # an unknown name fails before the checkpoint is read
+        except ValueError as err:
+            raise ConversionError(str(err)) from None
     source = read_checkpoint(path)
     state_dict = openai_layout.normalise_keys(source.tensors)
     layout = "openai"
@@ -74,7 +84,7 @@ def _resize(params: dict, config: CLIPConfig, image_size: int):
 def convert_checkpoint(path, output, model: Optional[str] = None, image_size: Optional[int] = None,
                        activation: Optional[str] = None, overwrite: bool = False) -> CLIPConfig:
     """PyTorch CLIP checkpoint -> elip_jax folder (Orbax params + config.json). Returns the config."""
-    check_output(output, overwrite, source=path)
+    check_output(output, overwrite, writes=ELIP_JAX_FILES, source=path)
     params, config, provenance = params_from_checkpoint(path, model, image_size, activation)
     save_pretrained(output, params, config, provenance, overwrite=overwrite)
     return config
@@ -90,7 +100,7 @@ def check_export_output(to: str, output, overwrite: bool = False, source=None) -
                 f"--to open_clip writes an open_clip folder ({' + '.join(OPEN_CLIP_FILES)}, the layout of "
                 f"open_clip's hub repositories), so --output names that folder, not a weights file: got {output}")
         return check_output(output, overwrite, inside=OPEN_CLIP_FILES, source=source)
-    return check_output(output, overwrite, source=source)
+    return check_output(output, overwrite, writes=HF_FILES, source=source)
 
 
 def export_checkpoint(source, to: str, output, overwrite: bool = False) -> Path:
