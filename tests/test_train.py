@@ -105,7 +105,7 @@ def _step_setup(accum=1, lr=1e-3):
     images = jax.random.randint(jax.random.key(1), (8, 64, 64, 3), 0, 256).astype(jnp.uint8)
     tokens = elip_jax.tokenize([f"a {c} circle" for c in ("red", "blue", "green", "white") * 2])
     params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]
-    tx = optax.adamw(lr)
+    tx = optax.scale_by_adam()  # the direction; the step applies the schedule's rate (train/optim.py)
     step = make_train_step(model, tx, optax.constant_schedule(lr), loss_name="clip", logit_scale_max=100.0,
                            grad_accum_steps=accum)
     return jax.jit(step), init_state(params, tx, 0), {"images": images, "tokens": jnp.asarray(tokens)}

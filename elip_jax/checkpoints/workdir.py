@@ -46,8 +46,13 @@ def checkpoint_steps(checkpoints_dir: str) -> list[int]:
 
 
 def short_reason(error: BaseException) -> str:
-    """The first line of an error (Orbax's can run to pages), for a one-line report."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """The first line of an error's root cause (Orbax's errors can run to pages), for a one-line report."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:  # the innermost says what broke
+        error = error.__cause__
+        seen.add(id(error))
+    text = str(error).split(" See full TensorStore details")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if len(text) > 240:
         text = text[:237] + "..."
@@ -55,8 +60,10 @@ def short_reason(error: BaseException) -> str:
 
 
 def restore_newest(checkpoints_dir: str, restore: Callable[[int], T], steps: Optional[list[int]] = None,
-                   on_skip: Optional[Callable[[int, BaseException], None]] = None) -> tuple[T, int]:
-    """(restore(step), step) for the newest step whose restore succeeds; one warning line per failed step.
+                   on_skip: Optional[Callable[[int, BaseException], None]] = None,
+                   report: Optional[Callable[[str], None]] = None) -> tuple[T, int]:
+    """(restore(step), step) for the newest step whose restore succeeds; one line per failed step, through
+    `report` (default: a logged warning).
 
     Raises NoRestorableCheckpointError naming the folders when none restores (ValueError when there is none).
     """
@@ -70,8 +77,9 @@ def restore_newest(checkpoints_dir: str, restore: Callable[[int], T], steps: Opt
         except Exception as error:  # pylint: disable=broad-except  # any way a checkpoint can be broken
             failures.append((step, error))
             older = [s for s in steps if s < step]
-            log.warning("checkpoint step %d in %s could not be restored (%s); %s", step, checkpoints_dir,
-                        short_reason(error), f"trying step {older[0]}" if older else "no older checkpoint")
+            (report or log.warning)(
+                f"checkpoint step {step} in {checkpoints_dir} could not be restored ({short_reason(error)}); "
+                + (f"trying step {older[0]}" if older else "no older checkpoint"))
             if on_skip is not None:
                 on_skip(step, error)
     folders = ", ".join(os.path.join(checkpoints_dir, str(step)) for step, _ in failures)

@@ -3,13 +3,17 @@
 A checkpoint holds the whole TrainState (parameters, optimizer state, step, RNG, non-finite counters) and
 each process's data-iterator state, so a resumed run reads exactly the batches that would have come next.
 Orbax writes every checkpoint to a temporary folder and renames it when complete: a run killed mid-save, or a
-save that fails (full disk, unwritable folder), leaves the earlier checkpoints intact.
+save that fails (full disk, unwritable folder), leaves the earlier checkpoints intact. A checkpoint damaged
+later (a truncated file, a disk error) is skipped on resume for the newest one that restores, and moved to
+WORKDIR/unrestorable_checkpoints/ so the resumed run can save its steps again.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import signal
 import threading
 from typing import Any, Optional
@@ -17,6 +21,9 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from elip_jax.checkpoints.workdir import checkpoint_steps, restore_newest
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,7 @@ class Checkpointer:
     """Periodic asynchronous saves, keep the last N, resume from the latest."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
         self.every_steps = every_steps
         self._last_saved_step = None
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -110,6 +118,35 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
         return restored["state"], restored["data"]
+
+    def restore_newest(self, abstract_state, report=log.warning):
+        """(state, data_state, step) of the newest checkpoint that restores, or None when there is none.
+
+        Each one that fails is reported in one line (step and why) through `report`, then moved out of the
+        way once an older one has restored; NoRestorableCheckpointError (a ValueError) names them all when
+        none restores, and nothing is moved then.
+        """
+        steps = checkpoint_steps(self.directory)
+        if not steps:
+            return None
+        failed = []
+        (state, data_state), step = restore_newest(
+            self.directory, lambda s: self.restore(abstract_state, s), steps,
+            on_skip=lambda s, error: failed.append(s), report=report)
+        if failed:
+            moved_to = os.path.join(os.path.dirname(self.directory), "unrestorable_checkpoints")
+            if jax.process_index() == 0:
+                for bad in failed:
+                    target = os.path.join(moved_to, str(bad))
+                    while os.path.exists(target):
+                        target += "-again"
+                    os.makedirs(moved_to, exist_ok=True)
+                    shutil.move(os.path.join(self.directory, str(bad)), target)
+            multihost_utils.sync_global_devices("unrestorable checkpoints moved")
+            self._manager.reload()
+            report(f"resuming from step {step}: checkpoint step(s) {', '.join(map(str, failed))} could not be "
+                   f"restored and were moved to {moved_to}")
+        return state, data_state, step
 
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
         """Starts a save (asynchronous); returns False and logs the error if it could not be started.

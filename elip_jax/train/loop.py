@@ -1,7 +1,9 @@
 """The training loop: ELIP pre-training (or continued training) of a CLIP model over a device mesh."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -14,15 +16,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from elip_jax import data as data_lib
-from elip_jax.accounting import xla_flops
+from elip_jax.accounting import xla_flops, xla_temp_bytes
 from elip_jax.fileio import atomic_write_json
 from elip_jax.models.clip import CLIP, schedule_for
 from elip_jax.models.config import CLIPConfig, get_config
-from elip_jax.train import checkpointing, metrics as metrics_lib, sharding
+from elip_jax.train import checkpointing, metrics as metrics_lib, resume, sharding
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.optim import learning_rate_schedule, make_optimizer
 from elip_jax.train.step import TrainState, init_state, make_train_step
-from elip_jax.train.workdir import MODEL_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def prepare_data_config(config):
         data_config.data_dir = config.data.data_dir or None
         name, _, variant = data_config.name.partition("/")
         if name == data_lib.BUILTIN_DATASET:  # generated offline on first use
-            build = lambda: data_lib.prepare_builtin(data_config.data_dir, config=variant or "full")
+            build = lambda: build_builtin(data_config.data_dir, variant or "full")
             if jax.process_index() == 0:
                 build()
             multihost_utils.sync_global_devices("builtin dataset ready")
@@ -98,53 +99,129 @@ def prepare_data_config(config):
     return data_config
 
 
-def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
-    """Trains until config.num_steps (resuming from workdir's latest checkpoint) and returns the summary.
+def say(text: str) -> None:
+    """A progress line before the progress bar exists (process 0), so that set-up is never silent."""
+    if jax.process_index() == 0:
+        print(text, flush=True)
 
+
+def build_builtin(data_dir: Optional[str], variant: str) -> str:
+    """The built-in dataset's data_dir, generated on first use with one line saying so (TFDS's own message
+    would announce a download, and nothing is downloaded)."""
+    from elip_jax.data.shapes_builder import ElipShapes
+    data_dir = data_dir or data_lib.default_data_dir()
+    if ElipShapes(config=variant, data_dir=data_dir).is_prepared():
+        return data_lib.prepare_builtin(data_dir, config=variant)
+    import tensorflow_datasets as tfds
+    say(f"generating the built-in dataset {data_lib.BUILTIN_DATASET}/{variant} in {data_dir} "
+        "(drawn here, nothing is downloaded; first use only, about 30 s for the full one) ...")
+    started = time.perf_counter()
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            data_dir = data_lib.prepare_builtin(data_dir, config=variant)
+    finally:
+        tfds.display_progress_bar(True)
+    say(f"generated in {time.perf_counter() - started:.0f} s")
+    return data_dir
+
+
+def check_train_data(data_config) -> None:
+    """The dataset, split and feature keys, from the prepared dataset's metadata (no example is read), so a
+    typo ends the run in one line before anything compiles, not at the first batch.
+
+    (A check elip_jax.data may take over; the pipelines themselves only fail when they read.)"""
+    import tensorflow_datasets as tfds
+    from elip_jax.data import sources
+    name = data_config.name
+    try:
+        builder = sources.load_builder(name, data_config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        where = data_config.data_dir or "TFDS's default data_dir"
+        raise ValueError(f"config.data.name = {name!r}: no TFDS dataset of that name is known or prepared in "
+                         f"{where} (built in: {data_lib.BUILTIN_DATASET}, {data_lib.BUILTIN_DATASET}/small; "
+                         "others must be prepared first, nothing is downloaded at run time: README 'Data')") from None
+    if not builder.is_prepared():
+        return  # the pipeline names the fix (tfds build ... --file_format=array_record)
+    features = builder.info.features
+    for key in ("image_key", "caption_key"):
+        if not has_feature(features, data_config[key]):
+            raise ValueError(f"config.data.{key} = {data_config[key]!r}: {name} has no such feature (it has: "
+                             f"{', '.join(feature_paths(features))})")
+
+
+def has_feature(features, path: str) -> bool:
+    import tensorflow_datasets as tfds
+    node = features
+    for part in path.split("/"):
+        while isinstance(node, tfds.features.Sequence):
+            node = node.feature
+        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
+            return False
+        node = node[part]
+    return True
+
+
+def feature_paths(features, prefix: str = "") -> list[str]:
+    """'captions', 'captions/text', ... : the key paths a data config may name."""
+    import tensorflow_datasets as tfds
+    paths = []
+    for key in features.keys():
+        node = features[key]
+        paths.append(prefix + key)
+        while isinstance(node, tfds.features.Sequence):
+            node = node.feature
+        if isinstance(node, tfds.features.FeaturesDict):
+            paths.extend(feature_paths(node, f"{prefix}{key}/"))
+    return paths
+
+
+def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
+    """Trains until config.num_steps (resuming from workdir's newest restorable checkpoint), returns the summary.
+
+    Everything a user can get wrong (config values, the workdir, a resume that does not match the workdir, the
+    dataset) is checked before anything compiles, and before anything is written to the workdir.
     stop_after_steps: stop early after this many steps of this call (tests of interrupted runs).
     """
     validate_config(config)
+    data_lib.validate_data_config(config.data)
     model = build_model(config)
     mesh = sharding.make_mesh(config.mesh)
     micro_batch = config.batch_size // config.optim.grad_accum_steps
     if micro_batch % mesh.size:  # else every micro-batch would move examples between devices
         raise ValueError(f"config.batch_size / config.optim.grad_accum_steps = {micro_batch} must be a multiple "
                          f"of the number of devices ({mesh.size})")
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        atomic_write_json(os.path.join(workdir, MODEL_CONFIG_FILE), dataclasses.asdict(model.config))
+    resume.check_writable(workdir)
+    model_record = dataclasses.asdict(model.config)
+    resume.check_resumable(workdir, config.to_dict(), model_record)
 
-    tx = make_optimizer(config.optim, config.num_steps)
+    tx = make_optimizer(config.optim)
     schedule = learning_rate_schedule(config.optim, config.num_steps)
     batch_sharding = sharding.batch_sharding(mesh)
     abstract_state = jax.eval_shape(lambda p: init_state(p, tx, config.seed), abstract_params(model, config))
     state_shardings = sharding.state_shardings(abstract_state, mesh, config.param_sharding)
-    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                              every_steps=config.checkpoint.every_steps,
-                                              keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save)
     data_config = prepare_data_config(config)
+    check_train_data(data_config)
     train_iter = data_lib.make_train_iterator(data_config, global_batch_size=config.batch_size,
                                               image_size=model.config.image_size, seed=config.seed,
                                               sharding=batch_sharding, context_length=model.config.context_length)
-    state = restore_or_init(model, config, tx, checkpointer, abstract_state, state_shardings, train_iter)
+    try:
+        checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                                  every_steps=config.checkpoint.every_steps,
+                                                  keep=config.checkpoint.keep,
+                                                  async_save=config.checkpoint.async_save)
+        state = restore_or_init(model, config, tx, checkpointer, abstract_state, state_shardings, train_iter)
+    except BaseException:
+        train_iter.close()
+        raise
     start_step = int(state.step)
+    if jax.process_index() == 0:
+        resume.write_records(workdir, config.to_dict(), model_record, start_step)
 
-    step_fn = jax.jit(make_train_step(model, tx, schedule, loss_name=config.loss,
-                                      logit_scale_max=config.logit_scale_max,
-                                      grad_accum_steps=config.optim.grad_accum_steps),
-                      in_shardings=(state_shardings, batch_sharding),
-                      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    c = model.config
-    batch_spec = {"images": jax.ShapeDtypeStruct((config.batch_size, c.image_size, c.image_size, 3), jnp.uint8,
-                                                 sharding=batch_sharding),
-                  "tokens": jax.ShapeDtypeStruct((config.batch_size, c.context_length), jnp.int32,
-                                                 sharding=batch_sharding)}
-    compiled = step_fn.lower(state, batch_spec).compile()
-    flops_per_step = xla_flops(compiled)  # per device
-    if flops_per_step and config.optim.grad_accum_steps > 1:
-        flops_per_step *= config.optim.grad_accum_steps  # XLA counts the body of the micro-batch loop once
+    say(f"compiling the training step ({config.model.name}, batch {config.batch_size}, "
+        f"{model.reduction.method}) ...")
+    compiled = compile_train_step(model, config, mesh, tx, schedule, state_shardings, state)
+    flops_per_step, temp_bytes = step_costs(compiled, config)
     peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
 
     writer = metrics_lib.MetricsWriter(workdir, config.num_steps, start_step)
@@ -201,7 +278,7 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
         "tokens_per_block": model.reduction.tokens_per_block() or [1 + c.num_patches] * c.vision_layers,
         "steps": step, "finished": finished, "checkpoint_saved": saved,
         "latest_checkpoint": checkpointer.latest_step(),
-        "flops_per_step_per_device": flops_per_step,
+        "flops_per_step_per_device": flops_per_step, "temp_bytes_per_device": temp_bytes,
         "nonfinite_total": int(state.nonfinite_total), "skipped_examples": train_iter.skipped,
         "final": last_metrics, "eval": eval_results,
         "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
@@ -224,13 +301,38 @@ def previous_summary(workdir: str) -> dict:
         return json.load(f)
 
 
+def compile_train_step(model, config, mesh, tx, schedule, state_shardings, state_like):
+    """The jit-compiled training step for this config's global batch; state_like: the state or its
+    jax.ShapeDtypeStruct tree with shardings (compiling costs no memory for parameters then)."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    step_fn = jax.jit(make_train_step(model, tx, schedule, loss_name=config.loss,
+                                      logit_scale_max=config.logit_scale_max,
+                                      grad_accum_steps=config.optim.grad_accum_steps),
+                      in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    c = model.config
+    batch_spec = {"images": jax.ShapeDtypeStruct((config.batch_size, c.image_size, c.image_size, 3), jnp.uint8,
+                                                 sharding=batch_sharding),
+                  "tokens": jax.ShapeDtypeStruct((config.batch_size, c.context_length), jnp.int32,
+                                                 sharding=batch_sharding)}
+    return step_fn.lower(state_like, batch_spec).compile()
+
+
+def step_costs(compiled, config) -> tuple[Optional[float], Optional[int]]:
+    """(FLOPs, temporary bytes) per device of one training step, from XLA's cost and memory analysis."""
+    flops = xla_flops(compiled)
+    if flops and config.optim.grad_accum_steps > 1:
+        flops *= config.optim.grad_accum_steps  # XLA counts the body of the micro-batch loop once
+    return flops, xla_temp_bytes(compiled)
+
+
 def restore_or_init(model, config, tx, checkpointer, abstract_state, state_shardings, train_iter) -> TrainState:
-    """The latest checkpoint (resharded onto this run's devices), else a fresh state."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        target = jax.tree_util.tree_map(
-            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings)
-        state, data_state = checkpointer.restore(target, latest)
+    """The newest checkpoint that restores (resharded onto this run's devices), else a fresh state."""
+    target = jax.tree_util.tree_map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings)
+    restored = checkpointer.restore_newest(target, report=say)
+    if restored is not None:
+        state, data_state, _ = restored
         train_iter.set_state(data_state)
         return state
     make_state = jax.jit(lambda params: init_state(params, tx, config.seed), out_shardings=state_shardings)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Optional
+import struct
+from typing import Iterator, Optional
 
 import jax
+
+from elip_jax.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ class MetricsWriter:
     """Scalars to TensorBoard (process 0) and the console (through the progress bar's postfix)."""
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int):
+        """initial_step: the step this run starts from; what earlier runs logged after it is dropped first,
+        so a resumed run never records a step twice."""
         self.is_main = jax.process_index() == 0
         self._history_path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
@@ -38,7 +43,10 @@ class MetricsWriter:
         if self.is_main:
             from tensorboardX import SummaryWriter
             from tqdm import tqdm
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            tensorboard_dir = os.path.join(workdir, "tensorboard")
+            truncate_history(self._history_path, initial_step)
+            truncate_tensorboard(tensorboard_dir, initial_step)
+            self._tb = SummaryWriter(tensorboard_dir)
             self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                              dynamic_ncols=True, mininterval=1.0)
 
@@ -60,7 +68,7 @@ class MetricsWriter:
     def append_history(self, step: int, scalars: dict):
         """One JSON line per log point in workdir/metrics.jsonl (appended across resumed runs)."""
         if self.is_main:
-            with open(self._history_path, "a") as f:
+            with open(self._history_path, "a") as f:  # a line cut short by a kill is dropped on resume
                 f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def message(self, text: str):
@@ -77,3 +85,68 @@ class MetricsWriter:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def truncate_history(path: str, last_step: int) -> None:
+    """Keeps metrics.jsonl's records of steps <= last_step (and drops a line cut short by a kill), atomically."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= last_step:
+                kept.append(json.dumps(record) + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+def tfrecords(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(whole record, payload) of each complete record of a TFRecord file (TensorBoard's event files).
+
+    A record: uint64 length, uint32 CRC of the length, payload, uint32 CRC of the payload; a record cut
+    short (a killed writer) ends the file."""
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        end = offset + 12 + length + 4
+        if end > len(data):
+            return
+        yield data[offset:end], data[offset + 12:offset + 12 + length]
+        offset = end
+
+
+def event_files(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory) if "tfevents" in name)
+
+
+def truncate_tensorboard(directory: str, last_step: int) -> None:
+    """Rewrites each event file without the events of steps after last_step.
+
+    TensorBoard's purge_step would only ask readers to hide them (and not every reader does); rewriting
+    leaves no step twice in the files themselves. Records are copied byte for byte, CRCs included.
+    """
+    from tensorboardX.proto.event_pb2 import Event
+    for path in event_files(directory):
+        with open(path, "rb") as f:
+            data = f.read()
+        kept = [record for record, payload in tfrecords(data) if Event.FromString(payload).step <= last_step]
+        if sum(map(len, kept)) != len(data):
+            atomic_write_bytes(path, b"".join(kept))
+
+
+def read_scalars(directory: str) -> dict:
+    """{tag: [(step, value), ...]} of every event file in a TensorBoard folder, in file order."""
+    from tensorboardX.proto.event_pb2 import Event
+    scalars = {}
+    for path in event_files(directory):
+        with open(path, "rb") as f:
+            for _, payload in tfrecords(f.read()):
+                event = Event.FromString(payload)
+                for value in event.summary.value:
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

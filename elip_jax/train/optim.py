@@ -1,7 +1,14 @@
-"""AdamW with linear warm-up and cosine decay, CLIP's weight-decay exclusions and gradient clipping."""
+"""AdamW with linear warm-up and cosine decay, CLIP's weight-decay exclusions and gradient clipping.
+
+One counter drives the learning rate: the train state's step. The optimizer here returns AdamW's update
+direction (Adam, plus decoupled weight decay) without the learning rate, and the train step scales it by
+`schedule(state.step)`. optax's own schedule would count only the updates applied, so after a skipped
+(non-finite) step it would lag the step counter, and the logged rate would not be the one used.
+"""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 # Parameters named like these never get weight decay: gains and biases (LayerNorm scale/bias, dense biases),
@@ -12,9 +19,24 @@ NO_DECAY_NAMES = ("bias", "scale", "embedding", "class_embedding", "positional_e
 
 
 def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps,
-        decay_steps=max(num_steps, optim.warmup_steps + 1), end_value=optim.lr * optim.end_lr_ratio)
+    """open_clip's schedule: linear warm-up, then cosine decay to lr * end_lr_ratio at num_steps.
+
+    Warm-up starts at lr / warmup_steps (step 0 already learns) and reaches lr at step warmup_steps - 1:
+    step s < warmup_steps uses lr * (s + 1) / warmup_steps. From step warmup_steps the rate follows
+    end + (lr - end) * (1 + cos(pi * (s - warmup_steps) / (num_steps - warmup_steps))) / 2.
+    """
+    peak, warmup = float(optim.lr), int(optim.warmup_steps)
+    end = peak * float(optim.end_lr_ratio)
+    decay_steps = max(num_steps - warmup, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * (step + 1) / max(warmup, 1)
+        progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+        cosine = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        return jnp.where(step < warmup, warm, cosine)
+
+    return schedule
 
 
 def decay_mask(params):
@@ -25,9 +47,10 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(optim, num_steps)
+def make_optimizer(optim) -> optax.GradientTransformation:
+    """AdamW's update direction, before the learning rate: clip, Adam, decoupled weight decay (optax.adamw
+    without its final scale_by_learning_rate). The train step multiplies by -schedule(state.step)."""
     steps = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm > 0 else []
-    steps.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                             weight_decay=optim.weight_decay, mask=decay_mask))
+    steps.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    steps.append(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask))
     return optax.chain(*steps)

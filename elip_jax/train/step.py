@@ -68,7 +68,11 @@ def all_finite(tree) -> jax.Array:
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss_name: str,
                     logit_scale_max: float, grad_accum_steps: int = 1):
-    """train_step(state, batch) -> (state, metrics); batch = {'images': uint8 [B,S,S,3], 'tokens': int32}."""
+    """train_step(state, batch) -> (state, metrics); batch = {'images': uint8 [B,S,S,3], 'tokens': int32}.
+
+    tx: the update direction without the learning rate (optim.make_optimizer); the step scales it by
+    schedule(state.step), so skipped steps advance the rate exactly as they advance the logged step.
+    """
     loss_fn = make_loss_fn(model, loss_name)
     max_log_scale = math.log(logit_scale_max)
 
@@ -77,7 +81,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         images = normalize_images(batch["images"]).astype(model.config.compute_dtype)
         loss, grads = accumulated_value_and_grad(loss_fn, state.params, images, batch["tokens"], rng,
                                                  grad_accum_steps)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        learning_rate = schedule(state.step)  # the step counter, the one that is logged (see optim.py)
+        directions, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda d: (-learning_rate * d).astype(d.dtype), directions)
         params = optax.apply_updates(state.params, updates)
         params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
         finite = jnp.isfinite(loss) & all_finite(grads)
@@ -88,8 +94,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
             opt_state=keep_old(opt_state, state.opt_state),
             nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite,
-                   "logit_scale": jnp.exp(new_state.params["logit_scale"]), "learning_rate": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite,
+                   "logit_scale": jnp.exp(new_state.params["logit_scale"]), "learning_rate": learning_rate}
         return new_state, metrics
 
     return train_step

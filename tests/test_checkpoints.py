@@ -1,0 +1,136 @@
+"""elip_jax.checkpoints: one loader for a converted folder, a training workdir or a model name; workdirs read
+back with only their parameters, past checkpoints that no longer restore."""
+import logging
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import elip_jax
+from elip_jax import checkpoints
+from elip_jax.convert import save_pretrained
+from elip_jax.data import prepare_builtin
+from elip_jax.train.loop import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import smoke  # noqa: E402  (configs/smoke.py)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A real training workdir: 4 steps of configs/smoke.py, checkpoints at steps 2 and 4."""
+    config = smoke.get_config()
+    config.data.data_dir = prepare_builtin(str(tmp_path_factory.mktemp("data")), config="small")
+    config.num_steps = 4
+    path = str(tmp_path_factory.mktemp("workdirs") / "run")
+    train(config, path)
+    return path
+
+
+def saved_params(workdir, step):
+    return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
+
+
+def assert_same_tree(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def corrupt(workdir, step):
+    """Truncates the array data of one checkpoint, as a full disk or a failing copy would leave it."""
+    state = os.path.join(workdir, "checkpoints", str(step), "state")
+    truncated = 0
+    for root, _, files in os.walk(state):
+        if os.path.basename(root) == "d":
+            for name in files:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(100)
+                truncated += 1
+    assert truncated
+
+
+def copy_of(workdir, tmp_path):
+    target = str(tmp_path / os.path.basename(workdir))
+    shutil.copytree(workdir, target)
+    return target
+
+
+def test_load_accepts_a_workdir_a_converted_folder_and_a_model_name(workdir, tmp_path):
+    model, variables, name = checkpoints.load(workdir, reduction="elip")
+    assert name == "run@step4" and model.reduction.method == "elip"
+    assert_same_tree(variables["params"], saved_params(workdir, 4))
+
+    model, variables = elip_jax.load_pretrained(workdir)  # the top-level export takes workdirs too
+    assert model.reduction.method == "none"
+    assert_same_tree(variables["params"], saved_params(workdir, 4))
+
+    folder = tmp_path / "converted"
+    save_pretrained(folder, variables["params"], model.config)
+    model, converted, name = checkpoints.load(str(folder), reduction="evit")
+    assert name == "converted" and model.reduction.method == "evit"
+    assert_same_tree(converted["params"], saved_params(workdir, 4))
+
+    model, random3, name = checkpoints.load("tiny", seed=3)
+    assert name == "tiny" and model.config.image_size == 64
+    _, random4, _ = checkpoints.load("tiny", seed=4)
+    assert not np.array_equal(random3["params"]["visual"]["proj"], random4["params"]["visual"]["proj"])
+
+
+def test_anything_else_is_refused_naming_the_three_kinds(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"x")
+    for source in (str(tmp_path / "missing"), str(empty), str(a_file), "ViT-Q-99"):
+        with pytest.raises(ValueError, match="a converted folder .* a training workdir .* or a model name"):
+            checkpoints.load(source)
+
+
+def test_reading_a_workdir_restores_only_the_parameters(workdir, monkeypatch):
+    """Evaluation and export never read the Adam moments (twice the parameters' size)."""
+    from orbax.checkpoint import type_handlers
+    read = []
+    original = type_handlers.NumpyHandler.deserialize
+
+    async def recording(self, infos, args=None):
+        read.extend(info.name for info in infos)
+        return await original(self, infos, args)
+
+    monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", recording)
+    _, variables, step = checkpoints.load_workdir(workdir)
+    assert step == 4
+    assert read and all(name.startswith("params.") for name in read), sorted(read)[:5]
+    assert len(read) == len(jax.tree_util.tree_leaves(variables["params"]))
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_good_one(workdir, tmp_path, caplog):
+    damaged = copy_of(workdir, tmp_path)
+    corrupt(damaged, 4)
+    with caplog.at_level(logging.WARNING):
+        _, variables, step = checkpoints.load_workdir(damaged)
+    assert step == 2
+    assert_same_tree(variables["params"], saved_params(workdir, 2))
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "checkpoint step 4" in lines[0] and "OUT_OF_RANGE" in lines[0] and "trying step 2" in lines[0]
+
+    from elip_jax.evaluate.cli import load_model  # what `evaluate --pretrained WORKDIR` loads
+    _, _, name = load_model(damaged)
+    assert name == "run@step2"
+
+
+def test_no_restorable_checkpoint_is_one_error_naming_the_folders(workdir, tmp_path):
+    damaged = copy_of(workdir, tmp_path)
+    corrupt(damaged, 4)
+    corrupt(damaged, 2)
+    with pytest.raises(ValueError) as error:
+        checkpoints.load(damaged)
+    message = str(error.value)
+    assert "\n" not in message and "no checkpoint in" in message
+    for step in (4, 2):
+        assert os.path.join(damaged, "checkpoints", str(step)) in message
