@@ -1,5 +1,6 @@
 """Shared helpers for the conversion tests: a small architecture whose heads follow OpenAI's width // 64
-rule (so nothing has to be stated), random parameters, and tree comparison."""
+rule (so only the activation has to be stated: a plain state dict of it needs --activation or --model),
+random parameters, and tree comparison."""
 import jax
 import numpy as np
 

@@ -2,6 +2,7 @@
 before anything is read, one-line errors from the command line, and training workdirs as export inputs."""
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -116,6 +117,11 @@ def assert_one_line_error(code_and_stderr, *fragments):
         assert fragment in stderr, (fragment, stderr)
 
 
+class RunsTrue:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
 def test_command_line_errors_are_one_line(tmp_path, params, elip_folder):
     """Each of these used to print a usage block or a traceback, or (the first) convert silently."""
     safetensors.numpy.save_file(openai_layout.from_params(params, GELU), tmp_path / "w.safetensors")
@@ -125,6 +131,8 @@ def test_command_line_errors_are_one_line(tmp_path, params, elip_folder):
     assert_one_line_error(run_cli("--input", tmp_path / "w.safetensors"), "--output", "--help")
     assert_one_line_error(run_cli("--input", elip_folder, "--to", "torch", "--output", tmp_path / "x"),
                           "--to: invalid choice: 'torch'")
+    (tmp_path / "code.pkl").write_bytes(pickle.dumps({"w": RunsTrue()}, protocol=4))  # torch used to warn first
+    assert_one_line_error(run_cli("--input", tmp_path / "code.pkl", "--output", tmp_path / "out"), "refused to load")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text((elip_folder / "config.json").read_text())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def _read_torch(path: Path) -> dict:
         raise ConversionError(f"reading {path} (a torch.save pickle) needs PyTorch: pip install torch. "
                               "safetensors files and TorchScript archives are read without it") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads or refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), str(err))
         raise UnsafeCheckpointError(
