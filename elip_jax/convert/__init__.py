@@ -2,7 +2,8 @@
 
 Modules, one job each: readers (containers) and torchscript (OpenAI's archives), openai_layout and
 hf_layout (the key mappings), infer (architecture from tensors), pos_embed (resolution change),
-checkpoint (the elip_jax folder: Orbax + config.json), exporters (back to PyTorch), pipeline, cli.
+checkpoint (the elip_jax folder: Orbax + config.json), exporters (back to PyTorch: an HF folder or an
+open_clip hub folder), atomic (outputs: checked first, written whole, readable by others), pipeline, cli.
 """
 from elip_jax.convert.checkpoint import load_params, load_pretrained, read_config, save_pretrained
 from elip_jax.convert.errors import ConversionError, UnsafeCheckpointError

@@ -1,4 +1,5 @@
-"""The two conversions end to end: PyTorch checkpoint -> elip_jax folder, and elip_jax folder -> PyTorch."""
+"""The two conversions end to end: PyTorch checkpoint -> elip_jax folder, and an elip_jax converted folder or
+training workdir -> PyTorch (an HF CLIPModel folder or an open_clip hub folder). --output is checked first."""
 from __future__ import annotations
 
 import datetime
@@ -10,7 +11,6 @@ import jax
 import numpy as np
 
 from elip_jax.convert import hf_layout, openai_layout
-
 from elip_jax.convert.atomic import check_output
 from elip_jax.convert.checkpoint import PARAMS_DIR, check_param_shapes, save_pretrained
 from elip_jax.convert.errors import ConversionError
