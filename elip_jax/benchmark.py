@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import elip_jax
+from elip_jax.command_line import UsageError, run_command
 from elip_jax.accounting import FORMULAS, analytic_image_flops, tokens_per_block, xla_flops, xla_temp_bytes
 from elip_jax.reduction import METHODS
 from elip_jax.train.losses import clip_loss
@@ -426,8 +427,15 @@ def plain_table(result: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error: ...` line (through run_command), not usage and a message."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m elip_jax.benchmark", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m elip_jax.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-16", help="architecture name (see elip_jax.list_models())")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}; none is always included")
@@ -446,8 +454,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_outputs(args) -> None:
+    """Output files are checked before anything compiles: a folder given as a file, or a BENCHMARKS.md whose
+    section markers are broken, must not be found out after minutes of compilation."""
+    from elip_jax.evaluate.results import check_output_file  # pylint: disable=g-import-not-at-top
+
+    if args.json_path:
+        check_output_file(args.json_path, "--json")
+    if args.markdown:
+        check_output_file(args.markdown, "--markdown")
+        if os.path.exists(args.markdown):
+            text = open(args.markdown).read()
+            begin_prefix, end = "<!-- elip_jax.benchmark:", "<!-- /elip_jax.benchmark -->"
+            if text.count(begin_prefix) != text.count(end):
+                raise ValueError(f"--markdown {args.markdown!r} has {text.count(begin_prefix)} section starts and "
+                                 f"{text.count(end)} section ends; fix the file by hand")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    check_outputs(args)
     log = lambda message: print(message, file=sys.stderr, flush=True)
     result = run_benchmark(args.model, args.methods.split(","), args.batch, args.image_size, args.dtype,
                            args.remat, args.repeats, args.warmup, not args.no_time, args.seed,
@@ -464,4 +490,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

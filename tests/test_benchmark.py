@@ -150,3 +150,33 @@ def test_unknown_methods_are_rejected_and_none_comes_first():
     assert benchmark.validate_methods(["evit", "none", "elip"]) == ["none", "evit", "elip"]
     with pytest.raises(ValueError, match="unknown method"):
         benchmark.validate_methods(["elip", "fast"])
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--json", "{tmp}"], "--json must name a file, not a folder"),
+    (["--markdown", "{tmp}/broken.md"], "section starts"),
+    (["--methods", "none,prune"], "unknown method(s) ['prune']"),
+    (["--model", "ViT-Q-99"], "unknown model name 'ViT-Q-99'"),
+    (["--batch", "x"], "invalid int value"),
+])
+def test_bad_requests_are_one_line_before_compiling(tmp_path, capsys, monkeypatch, flags, match):
+    (tmp_path / "broken.md").write_text("<!-- elip_jax.benchmark: tiny 32 float32 b2 cpu -->\nno end marker\n")
+
+    def no_compilation(*args, **kwargs):
+        raise AssertionError("compiled before the request was checked")
+    monkeypatch.setattr(benchmark, "compile_program", no_compilation)
+    from elip_jax.command_line import run_command
+    code = run_command(benchmark.main, SMALL_RUN + [f.replace("{tmp}", str(tmp_path)) for f in flags])
+    err = capsys.readouterr().err
+    lines = err.strip("\n").splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+
+
+def test_command_line_prints_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "elip_jax.benchmark", *SMALL_RUN, "--json", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["error: --json must name a file, not a folder; got "
+                                        f"{str(tmp_path)!r} (e.g. {str(tmp_path / 'result.json')!r})"]

@@ -245,7 +245,7 @@ def test_flops_per_image_drop_with_pruning_and_sweep_table(tiny):
                 "flops_per_image": f, "examples_per_second": 10.0, "reduction": describe_reduction(m.reduction)}
                for f, m in ((none, with_reduction(model, "none")), (pruned, pruned_model))]
     table = sweep_markdown(records)
-    assert "| evit | 0.50 |" in table and "50.00" in table
+    assert "| evit | 0.5 | 0.5 |" in table and "50.00" in table
     assert parse_keep_schedules("1.0,1.0;0.9, 0.5;") == [(1.0, 1.0), (0.9, 0.5)]
     with pytest.raises(ValueError, match="comma-separated"):
         parse_keep_schedules("0.9,x")

@@ -48,7 +48,82 @@ def test_cli_retrieval_and_sweep(tmp_path, data_dir):
     assert rows[0]["metrics"] == result["metrics"]  # keep ratio 1.0 everywhere is the unpruned model
     assert rows[1]["flops_per_image"] < rows[0]["flops_per_image"]
     table = (tmp_path / "result.md").read_text()
-    assert table.count("\n") == 4 and "| evit |" in table
+    title, _, header, _, *table_rows = table.splitlines()
+    for name in ("model `tiny`", f"dataset `{SMALL_BUILTIN}`", "split `test`", "zeroshot_retrieval",
+                 "`1.0,1.0,1.0;0.75,0.5,0.25`", "begin layers `1,2,3`"):
+        assert name in title, (name, title)
+    assert "keep ratios (typed)" in header and len(table_rows) == 2
+    assert table_rows[0].startswith("| evit (unpruned) | 1.0,1.0,1.0 |")
+    assert table_rows[1].startswith("| evit | 0.75,0.5,0.25 |")
+    assert [r["keep_ratios_typed"] for r in rows] == ["1.0,1.0,1.0", "0.75,0.5,0.25"]
+
+
+def test_builtin_small_resolves_its_folder_without_data_dir(tmp_path, monkeypatch):
+    """`--dataset elip_shapes/small` alone: generated in $ELIP_JAX_DATA_DIR and read from there (it used to be
+    generated there and then looked for in TFDS's default folder)."""
+    monkeypatch.setenv("ELIP_JAX_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))  # where TFDS would look by default
+    result = cli.main([*TINY, "--dataset", SMALL_BUILTIN, "--task", "zeroshot_retrieval",
+                       "--output", str(tmp_path / "r.json")])
+    assert result["num_examples"] == 128
+    assert (tmp_path / "cache" / "elip_shapes" / "small").is_dir()
+
+
+def one_line_error(capsys, argv, monkeypatch, match):
+    """Runs the command in-process as `python -m elip_jax.evaluate` does; the model must never be loaded (no
+    compilation) before the request is found bad."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+    monkeypatch.setattr(cli, "load_model", no_model)
+    code = cli.run(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip("\n").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--dataset", "cifar1O"], "unknown dataset 'cifar1O'"),
+    (["--dataset", "elip_shapes/big"], "configs full, small"),
+    (["--label-key", "lbl"], "no feature 'lbl' (given as --label-key)"),
+    (["--image-key", "img"], "no feature 'img' (given as --image-key)"),
+    (["--task", "zeroshot_retrieval", "--text-key", "caps"], "no feature 'caps' (given as --text-key)"),
+    (["--split", "validation"], "has no split 'validation'"),
+    (["--split", "test[:0]"], "is empty"),
+    (["--output", "{tmp}"], "--output must name a file, not a folder"),
+    (["--reduction-sweep", "1.0;0.5", "--output", "{tmp}/x.md/r.json"], "cannot be written"),
+    (["--keep-ratios", "0.9,x"], "--keep-ratios takes comma-separated floats"),
+    (["--batch-size", "12"], "multiple of the 8 devices"),
+    (["--task", "classify"], "invalid choice"),
+])
+def test_bad_requests_fail_in_one_line_before_loading_the_model(tmp_path, data_dir, capsys, monkeypatch, flags,
+                                                              match):
+    (tmp_path / "x.md").write_text("a file where a folder is needed")
+    argv = [*TINY, "--dataset", SMALL_BUILTIN, "--data-dir", data_dir, "--task", "zeroshot_classification",
+            "--output", str(tmp_path / "r.json")]
+    argv += [flag.replace("{tmp}", str(tmp_path)) for flag in flags]  # later flags win
+    one_line_error(capsys, argv, monkeypatch, match)
+
+
+def test_missing_data_dir_is_an_error_not_a_new_folder(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no_such_dir"
+    one_line_error(capsys, [*TINY, "--dataset", SMALL_BUILTIN, "--data-dir", str(missing), "--task",
+                            "zeroshot_classification", "--output", str(tmp_path / "r.json")], monkeypatch,
+                   "does not exist")
+    assert not missing.exists()
+
+
+def test_command_line_prints_one_line_and_exits_2(tmp_path):
+    """The real `python -m elip_jax.evaluate`: an unknown dataset name is one line, not TFDS's list of 500."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "elip_jax.evaluate", *TINY, "--dataset", "cifar1O", "--task",
+                           "zeroshot_classification", "--output", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: unknown dataset")
 
 
 def test_tfds_mock_data_classification(tmp_path):

@@ -10,7 +10,7 @@ from typing import Optional
 
 import tensorflow_datasets as tfds
 
-from elip_jax.data import shapes_builder
+from elip_jax.data import checks
 
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
@@ -29,19 +29,12 @@ def tfrecord_conversion_message(name: str, data_dir: Optional[str]) -> str:
         f"(or rebuild it: `tfds build {name.split('/')[0]} --data_dir={root} --file_format=array_record`).")
 
 
-def _is_builtin(name: str) -> bool:
-    return name.split(":")[0].split("/")[0] == shapes_builder.BUILTIN_DATASET
-
-
 def load_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
     """The builder of `name` ('dataset', 'dataset/config' or 'dataset:1.0.0'); never downloads.
 
-    The built-in dataset is generated on first use.
+    The built-in dataset (any config) is generated on first use; a data_dir that does not exist is an error.
     """
-    if _is_builtin(name):
-        parts = name.split(":")[0].split("/")
-        data_dir = shapes_builder.prepare_builtin(data_dir, config=parts[1] if len(parts) > 1 else "full")
-    return tfds.builder(name, data_dir=data_dir)
+    return checks.load_builder(name, data_dir)
 
 
 def image_features(builder: tfds.core.DatasetBuilder) -> list:
@@ -64,6 +57,7 @@ def open_source(dataset: str, split: str, data_dir: Optional[str] = None):
     Raises a ValueError naming the fix when the dataset is stored as tfrecord (with TensorFlow installed the
     pipelines still read it, through tfrecord_stream) or is not prepared (nothing is downloaded at run time).
     """
+    data_dir = checks.resolve_data_dir(dataset, data_dir)  # the built-in dataset's folder, not TFDS's default
     builder = load_builder(dataset, data_dir)
     if is_tfrecord(builder):
         message = tfrecord_conversion_message(dataset, data_dir)

@@ -11,12 +11,13 @@ The iterator state is grain's (positions read so far, per worker) plus the skip 
 exactly the batches that would have come next.
 """
 import collections
+import warnings
 from typing import Any, Dict, Optional
 
 import grain
 import numpy as np
 
-from elip_jax.data import bad_data, captions, device, preprocess, sources, tfrecord_stream, workers
+from elip_jax.data import bad_data, captions, checks, device, preprocess, sources, tfrecord_stream, workers
 from elip_jax.data.config import validate_data_config
 
 _STATE_VERSION = 1
@@ -206,6 +207,19 @@ def _shard_layout(sharding, shard_options) -> tuple:
     return device.process_layout(sharding)
 
 
+class SmallSplitWarning(UserWarning):
+    """The training split holds fewer examples than one global batch."""
+
+
+def warn_if_smaller_than_batch(data_config, num_examples: int, global_batch_size: int) -> None:
+    message = checks.small_split_message(
+        data_config.name, data_config.split, num_examples, global_batch_size,
+        "every batch holds some pairs twice, and a repeated pair is a false negative of the contrastive loss "
+        "(use a larger split or a smaller batch)")
+    if message:
+        warnings.warn(message, SmallSplitWarning, stacklevel=3)
+
+
 def make_train_iterator(data_config, *, global_batch_size: int, image_size: int, seed: int, sharding=None,
                         context_length: int = 77, shard_options: Optional[grain.sharding.ShardOptions] = None,
                         tokenize_fn=None) -> TrainIterator:
@@ -229,6 +243,7 @@ def make_train_iterator(data_config, *, global_batch_size: int, image_size: int,
     builder = sources.load_builder(data_config.name, data_config.data_dir)
     if not sources.is_tfrecord(builder):
         source = sources.open_source(data_config.name, data_config.split, data_config.data_dir)
+        warn_if_smaller_than_batch(data_config, len(source), global_batch_size)
         ds = grain.MapDataset.source(SafeSource(source))
         if data_config.shuffle:
             ds = ds.shuffle(seed=seed)
@@ -238,6 +253,8 @@ def make_train_iterator(data_config, *, global_batch_size: int, image_size: int,
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.read_threads,
                                                   prefetch_buffer_size=max(2 * batch_size, 16)))
     else:
+        warn_if_smaller_than_batch(data_config, builder.info.splits[data_config.split].num_examples,
+                                   global_batch_size)
         ds = tfrecord_stream.train_stream(builder, data_config, prepare, seed=seed,
                                           shard_index=shard_index, shard_count=shard_count)
     ds = FilterAndBatchIterDataset(ds, batch_size, CollateTrainBatch(context_length, tokenize_fn),

@@ -1,5 +1,7 @@
 """`python -m elip_jax.evaluate ...`: see elip_jax/evaluate/cli.py."""
-from elip_jax.evaluate.cli import main
+import sys
+
+from elip_jax.evaluate.cli import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -14,10 +14,12 @@ from typing import Optional, Sequence
 
 import jax
 
-from elip_jax.evaluate import evaluator
-from elip_jax.evaluate.classnames import known_datasets
-from elip_jax.evaluate.results import TASKS, result_record, sweep_markdown, atomic_write, write_json
-from elip_jax.evaluate.sharding import data_mesh, is_main_process
+from elip_jax.command_line import UsageError, run_command
+from elip_jax.evaluate import evaluator, sources
+from elip_jax.evaluate.classnames import known_datasets, zeroshot_prompts
+from elip_jax.evaluate.results import (TASKS, atomic_write, check_output_file, result_record, sweep_markdown,
+                                      write_json)
+from elip_jax.evaluate.sharding import check_batch_size, data_mesh, is_main_process
 
 EVAL_REDUCTIONS = ("none", "evit", "elip", "elip_inline")
 
@@ -50,17 +52,33 @@ def random_variables(model, seed: int = 0):
     return jax.jit(model.init)(jax.random.PRNGKey(seed), images, tokens)
 
 
-def parse_ints(text: Optional[str]):
-    return None if not text else tuple(int(x) for x in text.split(","))
+def parse_ints(text: Optional[str], flag: str = "the list"):
+    return parse_list(text, int, flag, "2,4,10")
 
 
-def parse_floats(text: Optional[str]):
-    return None if not text else tuple(float(x) for x in text.split(","))
+def parse_floats(text: Optional[str], flag: str = "the list"):
+    return parse_list(text, float, flag, "0.9,0.65,0.4")
+
+
+def parse_list(text: Optional[str], kind, flag: str, example: str):
+    if not text:
+        return None
+    try:
+        return tuple(kind(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated {kind.__name__}s such as {example}; got {text!r}") from None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error: ...` line (through run_command), not usage and a message."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m elip_jax.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog="python -m elip_jax.evaluate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", help="a directory from `python -m elip_jax.convert` (Orbax + config.json), "
                         "or a training workdir (its latest checkpoint)")
@@ -89,36 +107,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(args, mesh) -> dict:
+    """Everything about the request that needs no model and no compilation, in seconds, before anything compiles:
+    the output files, the dataset (name, data directory, split, feature keys), the class names, the batch.
+
+    Returns what the run uses: the dataset's TFDS name and folder, the batch size and the markdown path."""
+    from elip_jax import data
+
+    if args.image_size and args.pretrained:
+        raise UsageError("--image-size applies to --model only (a checkpoint fixes its own image size)")
+    markdown = os.path.splitext(args.output)[0] + ".md" if args.reduction_sweep else None
+    check_output_file(args.output, "--output")
+    if markdown:
+        check_output_file(markdown, "--output (the sweep's table beside it)")
+    keep_ratios = parse_floats(args.keep_ratios, "--keep-ratios")
+    begin_layers = parse_ints(args.begin_layers, "--begin-layers")
+    schedules = evaluator.parse_keep_schedules(args.reduction_sweep) if args.reduction_sweep else None
+    check_batch_size(args.batch_size, mesh)
+
+    dataset, data_dir = sources.resolve_dataset(args.dataset, args.data_dir)
+    keys = {"--image-key": args.image_key}
+    if args.task == "zeroshot_classification":
+        keys["--label-key"] = args.label_key
+    else:
+        keys["--text-key"] = args.text_key or sources.default_text_key(dataset)
+    num_examples = data.check_dataset(dataset, args.split, data_dir, keys)
+    if args.task == "zeroshot_classification":
+        zeroshot_prompts(dataset, sources.tfds_label_names(dataset, data_dir, args.label_key))
+
+    # A split smaller than the batch is padded (masked rows, nothing repeated): a smaller batch does the same
+    # work without the padding, and compiles for a smaller shape.
+    devices = mesh.devices.size
+    batch_size = min(args.batch_size, -(-num_examples // devices) * devices)
+    return {"dataset": dataset, "data_dir": data_dir, "batch_size": batch_size, "markdown": markdown,
+            "keep_ratios": keep_ratios, "begin_layers": begin_layers, "schedules": schedules}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = {"image_size": args.image_size} if args.image_size else {}
-    if overrides and args.pretrained:
-        raise ValueError("--image-size applies to --model only (a checkpoint fixes its own image size)")
-    model, variables, name = load_model(args.pretrained, model_name=args.model, seed=args.seed, **overrides)
     mesh = data_mesh()
-    common = dict(task=args.task, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-                  batch_size=args.batch_size, mesh=mesh, image_key=args.image_key, label_key=args.label_key,
-                  text_key=args.text_key)
+    checked = check_arguments(args, mesh)
+    overrides = {"image_size": args.image_size} if args.image_size else {}
+    model, variables, name = load_model(args.pretrained, model_name=args.model, seed=args.seed, **overrides)
+    common = dict(task=args.task, dataset=checked["dataset"], split=args.split, data_dir=checked["data_dir"],
+                  batch_size=checked["batch_size"], mesh=mesh, image_key=args.image_key,
+                  label_key=args.label_key, text_key=args.text_key)
     record_args = dict(dataset=args.dataset, model=name, task=args.task, split=args.split,
                        pretrained=args.pretrained)
 
-    if args.reduction_sweep:
+    if checked["schedules"]:
         method = "evit" if args.reduction == "none" else args.reduction
-        outcomes = evaluator.reduction_sweep(model, variables, evaluator.parse_keep_schedules(args.reduction_sweep),
-                                             method=method, begin_layers=parse_ints(args.begin_layers), **common)
-        records = [record(o, record_args) for o in outcomes]
+        outcomes = evaluator.reduction_sweep(model, variables, checked["schedules"], method=method,
+                                             begin_layers=checked["begin_layers"], **common)
+        typed = evaluator.typed_keep_schedules(args.reduction_sweep)
+        records = [{**record(o, record_args), "keep_ratios_typed": t} for o, t in zip(outcomes, typed)]
         payload = {**record_args, "sweep": records}
         if is_main_process():
+            table = sweep_markdown(records, title=sweep_title(args, name, method))
             write_json(args.output, payload)
-            atomic_write(os.path.splitext(args.output)[0] + ".md", sweep_markdown(records))
-            print(sweep_markdown(records))
+            atomic_write(checked["markdown"], table)
+            print(table)
         return payload
 
     reduction = {"method": args.reduction}
-    if args.keep_ratios:
-        reduction["keep_ratios"] = parse_floats(args.keep_ratios)
-    if args.begin_layers:
-        reduction["begin_layers"] = parse_ints(args.begin_layers)
+    if checked["keep_ratios"]:
+        reduction["keep_ratios"] = checked["keep_ratios"]
+    if checked["begin_layers"]:
+        reduction["begin_layers"] = checked["begin_layers"]
     model = evaluator.with_reduction(model, reduction)
     payload = record(evaluator.evaluate(model, variables, **common), record_args)
     if is_main_process():
@@ -126,6 +181,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print({k: payload[k] for k in ("dataset", "model", "task", "metrics", "flops_per_image",
                                        "examples_per_second")})
     return payload
+
+
+def sweep_title(args, model_name: str, method: str) -> dict:
+    """What the sweep's table says it measured: model, dataset, split, task, method and the schedules as typed."""
+    return {"model": model_name, "dataset": args.dataset, "split": args.split, "task": args.task,
+            "method": method, "keep ratios (as typed)": args.reduction_sweep,
+            **({"begin layers": args.begin_layers} if args.begin_layers else {})}
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: bad input is one `error: ...` line and exit code 2 (elip_jax.command_line)."""
+    return run_command(main, argv)
 
 
 def record(outcome: dict, record_args: dict) -> dict:

@@ -84,7 +84,7 @@ def evaluate(model, variables, *, task: str, dataset: str, split: str = "test", 
 def parse_keep_schedules(text: str) -> list[tuple[float, ...]]:
     """'1.0,1.0,1.0;0.9,0.65,0.4' -> [(1.0, 1.0, 1.0), (0.9, 0.65, 0.4)]."""
     schedules = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
+    for part in typed_keep_schedules(text):
         try:
             schedules.append(tuple(float(r) for r in part.split(",")))
         except ValueError:
@@ -92,6 +92,11 @@ def parse_keep_schedules(text: str) -> list[tuple[float, ...]]:
     if not schedules:
         raise ValueError("the reduction sweep needs at least one keep schedule, e.g. '1.0,1.0,1.0;0.9,0.65,0.4'")
     return schedules
+
+
+def typed_keep_schedules(text: str) -> list[str]:
+    """'1.0,1.0,1.0; 0.9,0.65,0.4' -> ['1.0,1.0,1.0', '0.9,0.65,0.4']: each schedule as the user wrote it."""
+    return [part for part in (p.strip() for p in text.split(";")) if part]
 
 
 def reduction_sweep(model, variables, keep_schedules: Sequence[Sequence[float]], *, method: str = "evit",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Optional, Sequence
 
 from elip_jax.fileio import atomic_write_text as atomic_write
@@ -45,22 +46,31 @@ def headline_keys(task: str) -> tuple:
             "text_retrieval_recall@5")
 
 
-def sweep_markdown(records: Sequence[dict]) -> str:
-    """A markdown table: one row per schedule, its headline metrics, FLOPs per image and the ratio to row 1."""
+def sweep_markdown(records: Sequence[dict], title: Optional[dict] = None) -> str:
+    """A markdown table: one row per schedule, its headline metrics, FLOPs per image and the ratio to row 1.
+
+    title: what was measured ({'model': ..., 'dataset': ..., 'split': ...}), written above the table so that a
+    table read on its own says what it is. A record's 'keep_ratios_typed' (the schedule as the user wrote it)
+    is shown beside the ratios the schedule really keeps (whole tokens of the patch grid).
+    """
     if not records:
         raise ValueError("sweep_markdown needs at least one record")
     task = records[0]["task"]
     keys = headline_keys(task)
     base = records[0].get("flops_per_image")
-    header = ["method", "keep ratios", "tokens per block", *keys, "GFLOPs / image", "FLOPs vs first row",
-              "images / s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["method", "keep ratios (typed)", "kept / patches", "tokens per block", *keys, "GFLOPs / image",
+              "FLOPs vs first row", "images / s"]
+    lines = []
+    if title:
+        lines += ["Reduction sweep: " + ", ".join(f"{key} `{value}`" for key, value in title.items()), ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record in records:
         red = record["reduction"]
-        ratios = ", ".join(f"{r:.2f}" for r in red["keep_ratios"]) or "-"
+        exact = ", ".join(f"{r:.3g}" for r in red["keep_ratios"]) or "-"
+        typed = record.get("keep_ratios_typed") or exact
         flops = record.get("flops_per_image")
         cells = [red["method"] + ("" if red["prunes_at_eval"] or red["method"] == "none" else " (unpruned)"),
-                 ratios, compact_counts(red["tokens_per_block"])]
+                 typed, exact, compact_counts(red["tokens_per_block"])]
         cells += [_percent(record["metrics"].get(k)) for k in keys]
         cells += [_number(flops / 1e9 if flops else None, 3), _number(flops / base if flops and base else None, 3),
                   _number(record.get("examples_per_second"), 1)]
@@ -89,3 +99,18 @@ def _number(value, digits: int) -> str:
 
 def write_json(path: str, payload) -> None:
     atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_file(path: str, flag: str = "--output") -> None:
+    """Fails before any work when `path` cannot be written as a file: a folder, a parent that is a file, or a
+    folder without write permission (checked again by the write itself; this is the early, one-line answer)."""
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise ValueError(f"{flag} must name a file, not a folder; got {path!r} (e.g. {os.path.join(path or '.', 'result.json')!r})")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path!r} cannot be written: {existing!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r} cannot be written: no permission to write in {existing!r}")

@@ -17,12 +17,13 @@ FALLBACK_TEXT_KEY = "captions"  # the built-in dataset's feature (a sequence of 
 
 
 def resolve_dataset(dataset: str, data_dir: Optional[str]) -> tuple[str, Optional[str]]:
-    """'builtin' -> the built-in dataset's TFDS name and its (prepared) data directory; others unchanged."""
+    """(TFDS name, data directory): 'builtin' is the built-in dataset, which (in any config, such as
+    'elip_shapes/small') lives in the folder it is prepared in; other datasets keep their data_dir."""
     from elip_jax import data
 
-    if dataset in (BUILTIN, data.BUILTIN_DATASET):
-        return data.BUILTIN_DATASET, data.prepare_builtin(data_dir)
-    return dataset, data_dir
+    if dataset == BUILTIN:
+        dataset = data.BUILTIN_DATASET
+    return dataset, data.resolve_data_dir(dataset, data_dir)
 
 
 def default_text_key(dataset: str) -> str:
