@@ -32,7 +32,8 @@ PRUNING_METHODS = ("elip", "elip_inline", "evit", "random")
 MARGIN = 10
 FONT_SIZE = 14
 LINE_HEIGHT = 18
-MIN_PANEL = 224  # small images (the built-in dataset is 64-96 px) are drawn at least this large
+MIN_PANEL = 256  # small images (the built-in dataset is 64-96 px) are drawn at least this large
+MIN_CELL = 16  # and every patch at least this many pixels wide, so its dot can be read
 MAX_PANEL = 1024
 SWATCH = 24
 DIM_SCALE, DIM_OFFSET = 0.25, 20.0  # pruned patches: grey, a quarter of their brightness
@@ -222,8 +223,8 @@ def pruning_decisions(model, variables, image: np.ndarray, tokens: np.ndarray, r
 # ---------------------------------------------------------------------------------------------- drawing
 
 def default_panel_size(image_size: int, grid: int) -> int:
-    """At least MIN_PANEL pixels, a whole number of pixels per patch."""
-    side = max(image_size, MIN_PANEL)
+    """At least MIN_PANEL pixels and MIN_CELL pixels per patch; a whole number of pixels per patch."""
+    side = max(image_size, MIN_PANEL, grid * MIN_CELL)
     return grid * math.ceil(side / grid)
 
 

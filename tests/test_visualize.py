@@ -149,8 +149,9 @@ def test_the_random_weights_note_is_drawn_only_for_random_weights():
 
 
 def test_small_images_are_drawn_large():
-    assert vis.default_panel_size(64, 8) >= 224 and vis.default_panel_size(64, 8) % 8 == 0
-    assert vis.default_panel_size(336, 24) == 336
+    for image_size, grid in [(64, 8), (96, 12), (224, 14), (224, 7), (336, 24)]:
+        panel = vis.default_panel_size(image_size, grid)
+        assert panel >= max(224, image_size) and panel % grid == 0 and panel // grid >= 16
 
 
 # ---------------------------------------------------------------------------------------------- the command
