@@ -319,3 +319,82 @@ def test_default_tokenizer_is_elip_jax_tokenize(data_root):
     texts = [[f"item {i}", f"thing {i}"] for i in ids_of(batch)]
     for row, options in zip(batch["tokens"], texts):
         assert any(np.array_equal(row, elip_jax.tokenize([t], context_length=CONTEXT)[0]) for t in options)
+
+
+# ---------------------------------------------------------------- README, checks, workers
+
+def readme_data_example() -> str:
+    """The first python block of README.md's '## Data' section, as written."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = readme.split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_data_example_runs_as_written(tmp_path, monkeypatch):
+    """Verbatim, in a fresh data folder and with TFDS's default folder empty: the example must define its own
+    sharding and both iterators must read the built-in dataset where it was generated."""
+    monkeypatch.setenv("ELIP_JAX_DATA_DIR", str(tmp_path / "elip_jax_cache"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_default"))
+    namespace = {}
+    exec(compile(readme_data_example(), "README.md (## Data)", "exec"), namespace)  # pylint: disable=exec-used
+    assert namespace["batch"]["images"].shape == (256, 64, 64, 3)
+    assert namespace["batch"]["tokens"].shape == (256, 77)
+    assert len(namespace["ev"]) == 1 and namespace["ev"].num_examples == 128
+    indices = np.concatenate([np.asarray(b["index"]) for b in namespace["ev"]])
+    assert sorted(i for i in indices.tolist() if i >= 0) == list(range(128))
+
+
+def test_check_dataset_names_what_is_wrong_in_one_sentence(data_root, tmp_path):
+    keys = {"data.image_key": "image", "data.caption_key": "captions/text", "--label-key": "label"}
+    assert data.check_dataset("indexed_toy", "test", data_root, keys) == 13
+    assert data.check_dataset("indexed_toy", "train[:25%]", data_root, ["image"]) == 16
+    assert data.check_dataset("elip_shapes/small", "test", data_root, ["image", "captions", "label"]) == 128
+    cases = [
+        (("indexed_toi", "test", data_root, ()), "unknown dataset 'indexed_toi'"),
+        (("indexed_toy", "validation", data_root, ()), "has no split 'validation' (its splits: test, train"),
+        (("indexed_toy", "test[:0]", data_root, ()), "split 'test[:0]' of dataset 'indexed_toy' is empty"),
+        (("indexed_toy", "test", data_root, {"data.caption_key": "captions/txt"}),
+         "no feature 'captions/txt' (given as data.caption_key); its features are: captions/text, image, label"),
+        (("indexed_toy", "test", data_root, ["lbl"]), "no feature 'lbl'; its features"),
+        (("elip_shapes/tiny", "test", data_root, ()), "configs full, small"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError) as error:
+            data.check_dataset(*args)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("name", ["indexed_toy", "elip_shapes/small"])
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_new_folder(tmp_path, name):
+    missing = str(tmp_path / "typo")
+    for call in (lambda: data.check_dataset(name, "test", missing),
+                 lambda: data.make_eval_iterator(name, "test", data_dir=missing, image_size=8, global_batch_size=4),
+                 lambda: data.open_source(name, "test", data_dir=missing)):
+        with pytest.raises(ValueError, match="does not exist"):
+            call()
+    assert not os.path.exists(missing)
+
+
+def test_a_split_smaller_than_the_batch_warns_in_training(data_root):
+    config = config_for(data_root, "indexed_toy", split="test", caption_key="captions/text")
+    with pytest.warns(UserWarning, match="13 examples, fewer than the batch of 16: .*false negative"):
+        data.make_train_iterator(config, global_batch_size=16, image_size=8, seed=0, context_length=CONTEXT,
+                                 tokenize_fn=fake_tokenize)
+
+
+def test_same_global_batches_for_any_number_of_processes_and_workers(data_root):
+    """One seed, the same global batches (as sets of examples, in order of batches) whatever the layout."""
+    def global_batches(process_count, num_workers, count=3):
+        parts = []
+        for index in range(process_count):
+            config = config_for(data_root, "indexed_toy", caption_key="captions/text", num_workers=num_workers)
+            iterator = data.make_train_iterator(
+                config, global_batch_size=8, image_size=8, seed=0, context_length=CONTEXT,
+                tokenize_fn=fake_tokenize, shard_options=ShardOptions(shard_index=index, shard_count=process_count))
+            parts.append([ids_of(batch) for batch in take(iterator, count)])
+            iterator.close()
+        return [sorted(i for part in parts for i in part[k]) for k in range(count)]
+
+    reference = global_batches(1, 0)
+    assert global_batches(1, 2) == reference
+    assert global_batches(2, 2) == reference

@@ -207,6 +207,36 @@ def _shard_layout(sharding, shard_options) -> tuple:
     return device.process_layout(sharding)
 
 
+class WorkerBatchOrder(grain.MapDataset):
+    """Reorders a process's stream so that each grain worker reads whole batches, in the order of 0 workers.
+
+    grain gives worker w of W the elements w, w + W, w + 2W, ... of the dataset below `to_iter_dataset` and
+    emits the workers' batches round robin. Read plainly, that would make a batch of every W-th example, so
+    the global batches would depend on the number of workers (and, through it, on the number of processes).
+    Here element w + W * (m * b + r) is the stream's example (m * W + w) * b + r: worker w's m-th batch is the
+    stream's batch m * W + w, which the round robin emits in exactly that place. So one seed gives the same
+    global batches for any number of processes and workers (as long as no example is skipped: a skipped one
+    is replaced by the next good one of the same worker and process).
+    """
+
+    def __init__(self, parent: grain.MapDataset, num_workers: int, batch_size: int):
+        super().__init__(parent)
+        self.num_workers, self.batch_size = num_workers, batch_size
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        block, offset = divmod(index, self.num_workers * self.batch_size)
+        worker, row = offset % self.num_workers, offset // self.num_workers
+        return self._parent[(block * self.num_workers + worker) * self.batch_size + row]
+
+    def __str__(self) -> str:
+        return f"WorkerBatchOrder(num_workers={self.num_workers}, batch_size={self.batch_size})"
+
+
 class SmallSplitWarning(UserWarning):
     """The training split holds fewer examples than one global batch."""
 
@@ -250,6 +280,8 @@ def make_train_iterator(data_config, *, global_batch_size: int, image_size: int,
         ds = ds.repeat()  # infinite; shuffle and random_map see the epoch in the position: new order, new crops
         ds = ds.random_map(prepare, seed=seed)  # before sharding: an example's crop is independent of P
         ds = ds[shard_index::shard_count]
+        if data_config.num_workers > 1:
+            ds = WorkerBatchOrder(ds, data_config.num_workers, batch_size)
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.read_threads,
                                                   prefetch_buffer_size=max(2 * batch_size, 16)))
     else:
