@@ -398,3 +398,13 @@ def test_same_global_batches_for_any_number_of_processes_and_workers(data_root):
     reference = global_batches(1, 0)
     assert global_batches(1, 2) == reference
     assert global_batches(2, 2) == reference
+
+
+def test_generating_the_builtin_dataset_says_so_and_downloads_nothing(tmp_path, capfd):
+    data.prepare_builtin(str(tmp_path), config="small")
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err and "has no dataset_info.json" not in err
+    assert "Generating the built-in dataset elip_shapes/small (512 train, 128 test scenes)" in err
+    data.prepare_builtin(str(tmp_path), config="small")
+    out, err = capfd.readouterr()
+    assert "Generating the built-in dataset" not in out + err  # once
