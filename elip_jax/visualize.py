@@ -3,6 +3,7 @@
     python -m elip_jax.visualize --image cat.jpg --caption "a photo of a cat" --out stages.png \\
         [--model tiny-12 | --checkpoint DIR] [--method elip]
 
+DIR is a converted folder (python -m elip_jax.convert) or a training workdir (its newest checkpoint).
 One panel per active stage, after the input. Patches that still have a token of their own are drawn as they
 are; pruned patches are dimmed; with merging, a dot on each pruned patch shows its weight in the merged
 token(s) (dot area proportional to weight). A legend under the panels says so. Without --checkpoint the
@@ -301,8 +302,9 @@ def legend_entries(display: np.ndarray, grid: int, merge: bool) -> list[LegendEn
     patch = np.asarray(Image.fromarray(display[top:bottom + 1, left:right + 1].astype(np.uint8))
                        .resize((SWATCH, SWATCH), Image.BICUBIC), np.float32)
     draw = lambda kept, weight: stage_panel(patch, StageMap(np.array([kept]), np.array([weight])), 1)
+    pruned = "pruned: dimmed" + ("" if merge else ", dropped (this method does not merge)")
     entries = [LegendEntry(draw(True, 0.0), "kept: the patch still has a token of its own"),
-               LegendEntry(draw(False, 0.0), "pruned: dimmed" + ("" if merge else ", dropped (this method does not merge)"))]
+               LegendEntry(draw(False, 0.0), pruned)]
     if merge:
         entries.append(LegendEntry(draw(False, 1.0), "merged: dot area = the patch's weight in the merged token"))
     return entries
