@@ -1,6 +1,7 @@
 """The trainer: config validation, the step's safeguards, checkpoints, exact resume after SIGKILL, many processes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import elip_jax
 from elip_jax.data import prepare_builtin
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.loop import train
-from elip_jax.train.optim import decay_mask
+from elip_jax.train.metrics import read_scalars
+from elip_jax.train.optim import decay_mask, learning_rate_schedule, make_optimizer
 from elip_jax.train.step import init_state, make_train_step
 from elip_jax.train.workdir import load_workdir
 
@@ -43,12 +45,12 @@ def smoke_config(data_dir, **overrides):
     return config
 
 
-def run_cli(workdir, data_dir, *flags, devices=8, env_extra=None, wait=True):
+def run_cli(workdir, data_dir, *flags, devices=8, env_extra=None, wait=True, stderr=subprocess.STDOUT):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py", f"--workdir={workdir}",
            f"--config.data.data_dir={data_dir}", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     if wait:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
@@ -141,6 +143,43 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
     halves = [{k: v[i::2] for k, v in batch.items()} for i in (0, 1)]
     hand = np.mean([float(step1(state, h)[1]["loss"]) for h in halves])
     assert float(m2["loss"]) == pytest.approx(hand, rel=1e-5)
+
+
+def test_warmup_starts_at_lr_over_warmup_steps_and_reaches_lr():
+    config = smoke_config("unused", **{"optim.lr": 1e-3, "optim.warmup_steps": 4, "optim.end_lr_ratio": 0.1})
+    schedule = learning_rate_schedule(config.optim, num_steps=20)
+    rates = [float(schedule(s)) for s in range(21)]
+    np.testing.assert_allclose(rates[:5], [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3], rtol=1e-6)  # step 0 already learns
+    assert all(a > b for a, b in zip(rates[4:20], rates[5:20]))  # cosine decay from step 4 ...
+    assert rates[20] == pytest.approx(1e-4)  # ... to lr * end_lr_ratio at num_steps
+
+
+def test_after_a_skipped_step_the_logged_rate_is_the_rate_used():
+    """One counter (the state's step) drives the rate: a skipped non-finite step advances it like any other,
+    and the rate logged for a step is the one its update used."""
+    config = smoke_config("unused", **{"optim.lr": 1e-2, "optim.warmup_steps": 4, "optim.weight_decay": 0.0,
+                                       "optim.grad_clip_norm": 0.0, "optim.eps": 1e-12})
+    model = elip_jax.create_model("tiny", reduction="elip")
+    images = jax.random.randint(jax.random.key(1), (8, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    tokens = jnp.asarray(elip_jax.tokenize([f"a {c} circle" for c in ("red", "blue", "green", "white") * 2]))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]
+    tx = make_optimizer(config.optim)
+    schedule = learning_rate_schedule(config.optim, num_steps=100)
+    step = jax.jit(make_train_step(model, tx, schedule, loss_name="clip", logit_scale_max=100.0))
+    batch = {"images": images, "tokens": tokens}
+    state = init_state(params, tx, 0)
+
+    poisoned = state.replace(params={**params, "logit_scale": jnp.float32(jnp.nan)})
+    skipped, metrics = step(poisoned, batch)
+    assert not bool(metrics["finite"]) and int(skipped.step) == 1
+    assert float(metrics["learning_rate"]) == pytest.approx(2.5e-3)  # step 0: lr / warmup_steps
+
+    after, metrics = step(skipped.replace(params=params), batch)  # the first update actually applied
+    logged = float(metrics["learning_rate"])
+    assert logged == pytest.approx(float(schedule(1))) == pytest.approx(5e-3)
+    # Adam's first update is lr * g / |g| per element: the largest parameter change is the rate used
+    used = float(jnp.max(jnp.abs(after.params["visual"]["proj"] - params["visual"]["proj"])))
+    assert used == pytest.approx(logged, rel=1e-4)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -266,3 +305,125 @@ def test_a_peer_that_never_arrives_gives_a_clear_error(tmp_path):
                          timeout=120)
     assert out.returncode != 0
     assert "could not join the distributed job at 127.0.0.1:1 within 3 s" in out.stderr
+
+
+# ---------------------------------------------------------------- resuming a workdir
+
+def corrupt(workdir, step):
+    """Truncates the array data of one checkpoint, as a full disk or a failing copy would leave it."""
+    state = os.path.join(workdir, "checkpoints", str(step), "state")
+    for root, _, files in os.walk(state):
+        if os.path.basename(root) == "d":
+            for name in files:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(100)
+
+
+def snapshot(directory):
+    """{relative path: bytes} of every file under directory."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files
+
+
+@pytest.fixture(scope="module")
+def six_steps(data_dir, tmp_path_factory):
+    """A workdir trained for 6 steps (checkpoints at 2, 4, 6), copied by each test that changes it."""
+    workdir = str(tmp_path_factory.mktemp("six") / "run")
+    train(smoke_config(data_dir, num_steps=6), workdir)
+    return workdir
+
+
+def test_a_resume_with_another_model_is_refused_in_one_line_before_anything_is_written(six_steps, data_dir,
+                                                                                      tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(six_steps, workdir)
+    before = snapshot(workdir)
+    proc = run_cli(workdir, data_dir, "--config.num_steps=8", "--config.loss=siglip", "--config.batch_size=32",
+                   "--config.model.image_size=32", devices=1, wait=False, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: cannot resume {workdir}")
+    for field in ("model image_size (was 64, now 32)", "loss (was 'clip', now 'siglip')",
+                  "batch_size (was 16, now 32)"):
+        assert field in err
+    assert snapshot(workdir) == before  # config.json and model_config.json still describe the checkpoints
+
+
+def test_a_resume_past_a_truncated_checkpoint_logs_no_step_twice_and_keeps_the_first_record(six_steps, data_dir,
+                                                                                           tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(six_steps, workdir)
+    first_losses = losses(workdir)
+    config_before = snapshot(workdir)["config.json"]
+    corrupt(workdir, 6)
+    summary = train(smoke_config(data_dir, num_steps=8), workdir)
+    assert summary["finished"] and summary["steps"] == 8
+    out = capsys.readouterr().out
+    failed = [line for line in out.splitlines() if "could not be restored" in line]
+    assert len(failed) == 2, out  # the step that failed and why; where it went
+    assert failed[0].startswith("checkpoint step 6 in") and "OUT_OF_RANGE" in failed[0]
+    assert "resuming from step 4" in failed[1]
+    assert os.path.isdir(os.path.join(workdir, "unrestorable_checkpoints", "6"))
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 9))
+    scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+    for tag in ("train/loss", "train/lr"):
+        assert sorted(step for step, _ in scalars[tag]) == list(range(1, 9)), tag
+    # step 5 starts from checkpoint 4 (parameters and data iterator): its loss is the first run's; later ones
+    # differ, since the cosine schedule now ends at step 8
+    assert losses(workdir)[5] == first_losses[5]
+
+    assert snapshot(workdir)["config.json"] == config_before  # what steps 1-6 were trained with
+    with open(os.path.join(workdir, "config_history.jsonl")) as f:
+        (entry,) = [json.loads(line) for line in f]
+    assert entry["resumed_from_step"] == 4 and entry["changed"] == {"num_steps": [6, 8]}
+
+
+def test_a_workdir_whose_checkpoints_all_fail_is_one_error_naming_them(six_steps, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(six_steps, workdir)
+    for step in (2, 4, 6):
+        corrupt(workdir, step)
+    proc = run_cli(workdir, data_dir, "--config.num_steps=8", devices=1, wait=False, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: no checkpoint in"), err
+    assert all(os.path.join(workdir, "checkpoints", str(s)) in errors[0] for s in (2, 4, 6))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]  # nothing moved
+
+
+# ---------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.nokey=1"], "error: --config.nokey: config has no key 'nokey' (it has: batch_size,"),
+    (["--config.optim.lrr=1"], "error: --config.optim.lrr: config.optim has no key 'lrr' (it has: b1,"),
+    (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal"),
+    (["--config.batch_size=0"], "error: config.batch_size = 0 is invalid: expected an int >= 1"),
+    (["--config=configs/nope.py"], "error: --config 'configs/nope.py': no such file"),
+    (["--config.data.name=nope_ds"], "error: unknown dataset 'nope_ds': not a TFDS name"),
+    (["--config.data.split=validation"], "error: dataset 'elip_shapes/small' has no split 'validation'"),
+    (["--config.data.caption_key=text"], "error: dataset 'elip_shapes/small' has no feature 'text' (given as "
+                                         "config.data.caption_key)"),
+    (["--workdir={tmp}/a_file/run"], "error: --workdir '{tmp}/a_file/run' is not a writable directory"),
+    (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=1", "--distributed_timeout_s=2"],
+     "error: could not join the distributed job at 127.0.0.1:1 within 2 s"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(flags, message, data_dir, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py",
+           f"--workdir={tmp_path}/run", f"--config.data.data_dir={data_dir}", *flags]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(message.format(tmp=tmp_path)), out.stderr
+    assert "Traceback" not in out.stdout + out.stderr

@@ -47,12 +47,14 @@ def parse_flags(argv):
 
 
 def flag_value(argv, name: str):
+    """The value of the last --name=VALUE or --name VALUE in argv (the one absl keeps), else None."""
+    value = None
     for i, arg in enumerate(argv[1:], 1):
         if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 def check_config_file(argv) -> None:

@@ -126,56 +126,6 @@ def build_builtin(data_dir: Optional[str], variant: str) -> str:
     return data_dir
 
 
-def check_train_data(data_config) -> None:
-    """The dataset, split and feature keys, from the prepared dataset's metadata (no example is read), so a
-    typo ends the run in one line before anything compiles, not at the first batch.
-
-    (A check elip_jax.data may take over; the pipelines themselves only fail when they read.)"""
-    import tensorflow_datasets as tfds
-    from elip_jax.data import sources
-    name = data_config.name
-    try:
-        builder = sources.load_builder(name, data_config.data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        where = data_config.data_dir or "TFDS's default data_dir"
-        raise ValueError(f"config.data.name = {name!r}: no TFDS dataset of that name is known or prepared in "
-                         f"{where} (built in: {data_lib.BUILTIN_DATASET}, {data_lib.BUILTIN_DATASET}/small; "
-                         "others must be prepared first, nothing is downloaded at run time: README 'Data')") from None
-    if not builder.is_prepared():
-        return  # the pipeline names the fix (tfds build ... --file_format=array_record)
-    features = builder.info.features
-    for key in ("image_key", "caption_key"):
-        if not has_feature(features, data_config[key]):
-            raise ValueError(f"config.data.{key} = {data_config[key]!r}: {name} has no such feature (it has: "
-                             f"{', '.join(feature_paths(features))})")
-
-
-def has_feature(features, path: str) -> bool:
-    import tensorflow_datasets as tfds
-    node = features
-    for part in path.split("/"):
-        while isinstance(node, tfds.features.Sequence):
-            node = node.feature
-        if not isinstance(node, tfds.features.FeaturesDict) or part not in node.keys():
-            return False
-        node = node[part]
-    return True
-
-
-def feature_paths(features, prefix: str = "") -> list[str]:
-    """'captions', 'captions/text', ... : the key paths a data config may name."""
-    import tensorflow_datasets as tfds
-    paths = []
-    for key in features.keys():
-        node = features[key]
-        paths.append(prefix + key)
-        while isinstance(node, tfds.features.Sequence):
-            node = node.feature
-        if isinstance(node, tfds.features.FeaturesDict):
-            paths.extend(feature_paths(node, f"{prefix}{key}/"))
-    return paths
-
-
 def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
     """Trains until config.num_steps (resuming from workdir's newest restorable checkpoint), returns the summary.
 
@@ -201,7 +151,9 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     abstract_state = jax.eval_shape(lambda p: init_state(p, tx, config.seed), abstract_params(model, config))
     state_shardings = sharding.state_shardings(abstract_state, mesh, config.param_sharding)
     data_config = prepare_data_config(config)
-    check_train_data(data_config)
+    data_lib.check_dataset(data_config.name, data_config.split, data_config.data_dir,  # before anything compiles
+                           keys={"config.data.image_key": data_config.image_key,
+                                 "config.data.caption_key": data_config.caption_key})
     train_iter = data_lib.make_train_iterator(data_config, global_batch_size=config.batch_size,
                                               image_size=model.config.image_size, seed=config.seed,
                                               sharding=batch_sharding, context_length=model.config.context_length)
