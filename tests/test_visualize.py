@@ -267,3 +267,15 @@ def test_bad_input_is_one_error_line_exit_2_before_any_compilation(tmp_path, cap
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert named in err[0]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_the_module_command_exits_2_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "elip_jax.visualize", "--image", str(tmp_path / "missing.png"),
+                             "--caption", "a cat", "--out", str(tmp_path / "out.png")],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, ELIP_JAX_TRACEBACK=""))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
