@@ -105,7 +105,8 @@ def check_output_file(path: str, flag: str = "--output") -> None:
     """Fails before any work when `path` cannot be written as a file: a folder, a parent that is a file, or a
     folder without write permission (checked again by the write itself; this is the early, one-line answer)."""
     if not path or path.endswith(os.sep) or os.path.isdir(path):
-        raise ValueError(f"{flag} must name a file, not a folder; got {path!r} (e.g. {os.path.join(path or '.', 'result.json')!r})")
+        example = os.path.join(path or ".", "result.json")
+        raise ValueError(f"{flag} must name a file, not a folder; got {path!r} (e.g. {example!r})")
     parent = os.path.dirname(os.path.abspath(path))
     existing = parent
     while not os.path.exists(existing):
