@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import elip_jax
-from elip_jax.command_line import UsageError, run_command
+from elip_jax.command_line import ArgumentParser, check_output_file, run_command
 from elip_jax.accounting import FORMULAS, analytic_image_flops, tokens_per_block, xla_flops, xla_temp_bytes
 from elip_jax.reduction import METHODS
 from elip_jax.train.losses import clip_loss
@@ -427,15 +427,9 @@ def plain_table(result: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one `error: ...` line (through run_command), not usage and a message."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = OneLineArgumentParser(prog="python -m elip_jax.benchmark", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m elip_jax.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-16", help="architecture name (see elip_jax.list_models())")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}; none is always included")
@@ -457,8 +451,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def check_outputs(args) -> None:
     """Output files are checked before anything compiles: a folder given as a file, or a BENCHMARKS.md whose
     section markers are broken, must not be found out after minutes of compilation."""
-    from elip_jax.evaluate.results import check_output_file  # pylint: disable=g-import-not-at-top
-
     if args.json_path:
         check_output_file(args.json_path, "--json")
     if args.markdown:

@@ -7,6 +7,7 @@ ELIP_JAX_TRACEBACK=1 to see the full traceback instead (when reporting a bug).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -49,3 +50,30 @@ def run_command(main: Callable[[Optional[Sequence[str]]], object], argv: Optiona
         print("error: interrupted", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors become one `error: ...` line (through run_command), not usage + exit."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def check_output_file(path: str, flag: str = "--output", suffix: str = "") -> None:
+    """Fails before any work when `path` cannot be written as a file: a folder, a parent that is a file, a
+    folder without write permission, or (with `suffix`) another kind of file. The write itself checks again;
+    this is the early, one-line answer."""
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        example = os.path.join(path or ".", "result" + (suffix or ".json"))
+        raise UsageError(f"{flag} must name a file, not a folder; got {path!r} (e.g. {example!r})")
+    if suffix and not path.lower().endswith(suffix):
+        raise UsageError(f"{flag} {path!r} must name a {suffix} file")
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {path!r} cannot be written: {existing!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r} cannot be written: no permission to write in {existing!r}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path!r} exists and is not writable")

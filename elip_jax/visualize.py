@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from elip_jax.command_line import UsageError, run_command
+from elip_jax.command_line import ArgumentParser, UsageError, check_output_file, run_command
 from elip_jax.fileio import atomic_write_bytes
 from elip_jax.reduction.ops import MERGE_EPS
 
@@ -73,22 +73,6 @@ def read_image(path: str) -> Image.Image:
         raise UsageError(f"cannot read image {path!r}: {error}") from error
 
 
-def check_output_path(path: str) -> None:
-    """A PNG file we can create: not a folder, in a folder that exists (or can be made) and is writable."""
-    if os.path.isdir(path):
-        raise UsageError(f"--out {path!r} is a folder; expected a .png file path")
-    if not path.lower().endswith(".png"):
-        raise UsageError(f"--out {path!r} must name a .png file")
-    parent = os.path.dirname(os.path.abspath(path))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"--out {path!r}: {existing!r} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path!r}: folder {existing!r} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UsageError(f"--out {path!r} exists and is not writable")
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -401,7 +385,7 @@ def visualize(image_path: str, caption: str, out: str, model_name: str = "tiny-1
     if method not in PRUNING_METHODS:
         raise UsageError(f"method {method!r} prunes nothing to draw; choose one of {', '.join(PRUNING_METHODS)}")
     source = read_image(image_path)
-    check_output_path(out)
+    check_output_file(out, "--out", ".png")
     if panel_size is not None and not 16 <= panel_size <= MAX_PANEL:
         raise UsageError(f"--panel-size must be in [16, {MAX_PANEL}] pixels, got {panel_size}")
     model, variables, name = load_model(model_name, checkpoint, method, seed)
@@ -418,15 +402,9 @@ def visualize(image_path: str, caption: str, out: str, model_name: str = "tiny-1
     return figure.size
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one `error: ...` line (through run_command), not usage + exit."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see python -m elip_jax.visualize --help)")
-
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m elip_jax.visualize", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m elip_jax.visualize", description=__doc__.split("\n\n")[0])
     p.add_argument("--image", required=True, help="image file (any format Pillow reads)")
     p.add_argument("--caption", required=True, help="the paired caption that guides text-guided methods")
     p.add_argument("--out", required=True, help="PNG file to write")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from elip_jax.command_line import UsageError, run_command
+from elip_jax.command_line import ArgumentParser, UsageError, run_command
 from elip_jax.convert.errors import ConversionError
 
 EPILOG = """examples:
@@ -21,13 +21,9 @@ EPILOG = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage and exits; one line from run_command instead
-        raise UsageError(f"{message} (see python -m elip_jax.convert --help)")
-
 
 def parse_args(argv=None):
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m elip_jax.convert", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert PyTorch CLIP checkpoints (OpenAI, open_clip, Hugging Face) to elip_jax and back. "
                     "Never runs code from a checkpoint.")

@@ -14,10 +14,10 @@ from typing import Optional, Sequence
 
 import jax
 
-from elip_jax.command_line import UsageError, run_command
+from elip_jax.command_line import ArgumentParser, UsageError, check_output_file, run_command
 from elip_jax.evaluate import evaluator, sources
 from elip_jax.evaluate.classnames import known_datasets, zeroshot_prompts
-from elip_jax.evaluate.results import (TASKS, atomic_write, check_output_file, result_record, sweep_markdown,
+from elip_jax.evaluate.results import (TASKS, atomic_write, result_record, sweep_markdown,
                                       write_json)
 from elip_jax.evaluate.sharding import check_batch_size, data_mesh, is_main_process
 
@@ -69,15 +69,9 @@ def parse_list(text: Optional[str], kind, flag: str, example: str):
         raise UsageError(f"{flag} takes comma-separated {kind.__name__}s such as {example}; got {text!r}") from None
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one `error: ...` line (through run_command), not usage and a message."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="python -m elip_jax.evaluate", description=__doc__,
+    p = ArgumentParser(prog="python -m elip_jax.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", help="a directory from `python -m elip_jax.convert` (Orbax + config.json), "

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Optional, Sequence
 
 from elip_jax.fileio import atomic_write_text as atomic_write
@@ -100,18 +99,3 @@ def _number(value, digits: int) -> str:
 def write_json(path: str, payload) -> None:
     atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
-
-def check_output_file(path: str, flag: str = "--output") -> None:
-    """Fails before any work when `path` cannot be written as a file: a folder, a parent that is a file, or a
-    folder without write permission (checked again by the write itself; this is the early, one-line answer)."""
-    if not path or path.endswith(os.sep) or os.path.isdir(path):
-        example = os.path.join(path or ".", "result.json")
-        raise ValueError(f"{flag} must name a file, not a folder; got {path!r} (e.g. {example!r})")
-    parent = os.path.dirname(os.path.abspath(path))
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"{flag} {path!r} cannot be written: {existing!r} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path!r} cannot be written: no permission to write in {existing!r}")
