@@ -427,3 +427,25 @@ def test_bad_input_is_one_line_and_exit_code_2(flags, message, data_dir, tmp_pat
     assert out.returncode == 2, out.stderr[-3000:]
     assert out.stderr.count("\n") == 1 and out.stderr.startswith(message.format(tmp=tmp_path)), out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_compare_costs_reports_what_elip_saves_from_xla_without_training(six_steps, data_dir):
+    """What the demo shows: XLA's FLOPs and temporary memory of one training step, ELIP against unpruned; the
+    trained workdir lends its measured step, so only the unpruned one is compiled."""
+    with open(os.path.join(six_steps, "summary.json")) as f:
+        summary = json.load(f)
+    before = snapshot(six_steps)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")  # the devices the workdir was trained on (conftest: 8)
+    cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py", f"--workdir={six_steps}",
+           f"--config.data.data_dir={data_dir}", "--config.num_steps=6", "--compare_costs"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("compiling the unpruned model's training step")
+    assert lines[1].startswith("what elip saves per training step (global batch 16)")
+    unpruned, elip = lines[2].split(), lines[3].split()
+    assert unpruned[0] == "unpruned" and elip[0] == "elip"
+    assert float(elip[1]) == pytest.approx(summary["flops_per_step_per_device"] / 1e9, rel=0.01)
+    assert float(elip[3]) == pytest.approx(summary["temp_bytes_per_device"] / 2**20, rel=0.01)
+    assert float(elip[1]) < float(unpruned[1]) and "fewer FLOPs" in lines[3]
+    assert snapshot(six_steps) == before  # nothing trained or written

@@ -22,7 +22,8 @@ flags.DEFINE_integer("num_processes", None, "number of processes of a multi-proc
 flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run")
 flags.DEFINE_integer("distributed_timeout_s", 300, "how long to wait for every process to join")
 flags.DEFINE_bool("compare_costs", False, "print the training step's XLA FLOPs and temporary memory with the "
-                  "configured reduction and without any, then exit: nothing is trained or written, no --workdir")
+                  "configured reduction and without any, then exit: nothing is trained or written (a --workdir "
+                  "that trained this config lends its measured step)")
 flags.mark_flags_as_required(["config"])
 
 EXIT_PREEMPTED = 3
@@ -95,7 +96,7 @@ def train_command(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and tfds log every file at INFO
     if FLAGS.compare_costs:
         from elip_jax.train.costs import compare_costs
-        compare_costs(FLAGS.config)
+        compare_costs(FLAGS.config, FLAGS.workdir)
         return 0
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: where checkpoints, logs and summary.json go (rerun to resume)")

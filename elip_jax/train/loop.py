@@ -1,9 +1,8 @@
 """The training loop: ELIP pre-training (or continued training) of a CLIP model over a device mesh."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
+import gc
 import json
 import logging
 import os
@@ -91,7 +90,7 @@ def prepare_data_config(config):
         data_config.data_dir = config.data.data_dir or None
         name, _, variant = data_config.name.partition("/")
         if name == data_lib.BUILTIN_DATASET:  # generated offline on first use
-            build = lambda: build_builtin(data_config.data_dir, variant or "full")
+            build = lambda: data_lib.prepare_builtin(data_config.data_dir, config=variant or "full")
             if jax.process_index() == 0:
                 build()
             multihost_utils.sync_global_devices("builtin dataset ready")
@@ -103,27 +102,6 @@ def say(text: str) -> None:
     """A progress line before the progress bar exists (process 0), so that set-up is never silent."""
     if jax.process_index() == 0:
         print(text, flush=True)
-
-
-def build_builtin(data_dir: Optional[str], variant: str) -> str:
-    """The built-in dataset's data_dir, generated on first use with one line saying so (TFDS's own message
-    would announce a download, and nothing is downloaded)."""
-    from elip_jax.data.shapes_builder import ElipShapes
-    data_dir = data_dir or data_lib.default_data_dir()
-    if ElipShapes(config=variant, data_dir=data_dir).is_prepared():
-        return data_lib.prepare_builtin(data_dir, config=variant)
-    import tensorflow_datasets as tfds
-    say(f"generating the built-in dataset {data_lib.BUILTIN_DATASET}/{variant} in {data_dir} "
-        "(drawn here, nothing is downloaded; first use only, about 30 s for the full one) ...")
-    started = time.perf_counter()
-    tfds.disable_progress_bar()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            data_dir = data_lib.prepare_builtin(data_dir, config=variant)
-    finally:
-        tfds.display_progress_bar(True)
-    say(f"generated in {time.perf_counter() - started:.0f} s")
-    return data_dir
 
 
 def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
@@ -170,10 +148,14 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     if jax.process_index() == 0:
         resume.write_records(workdir, config.to_dict(), model_record, start_step)
 
-    say(f"compiling the training step ({config.model.name}, batch {config.batch_size}, "
-        f"{model.reduction.method}) ...")
-    compiled = compile_train_step(model, config, mesh, tx, schedule, state_shardings, state)
-    flops_per_step, temp_bytes = step_costs(compiled, config)
+    if start_step < config.num_steps:
+        say(f"compiling the training step ({config.model.name}, batch {config.batch_size}, "
+            f"{model.reduction.method}) ...")
+        compiled = compile_train_step(model, config, mesh, tx, schedule, state_shardings, state)
+        flops_per_step, temp_bytes = step_costs(compiled, config)
+    else:  # finished already: nothing to step, only the final evaluation to repeat
+        before = previous_summary(workdir)
+        flops_per_step, temp_bytes = before.get("flops_per_step_per_device"), before.get("temp_bytes_per_device")
     peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device)
 
     writer = metrics_lib.MetricsWriter(workdir, config.num_steps, start_step)
@@ -186,13 +168,14 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     if jax.process_count() == 1:
         preemption.install()
     last_metrics, timing = {}, StepTimer()
-    step, eval_results = start_step, {}
+    step, eval_results, batch = start_step, {}, None
     try:
         while step < config.num_steps:
             with timing.waiting_for_data():
                 batch = next(train_iter)
             with timing.computing():
                 state, step_metrics = compiled(state, batch)
+            batch = None  # its host copy lives in the data workers' shared memory: let grain free it now
             step += 1
             writer.advance()
             if step % config.log_every_steps == 0 or step == config.num_steps:
@@ -221,6 +204,8 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
     finally:
         preemption.uninstall()
         writer.close()
+        batch = None  # (after an exception) so that grain unlinks its shared memory before the workers stop
+        gc.collect()
         train_iter.close()
 
     if not last_metrics:  # nothing ran in this call (a finished run started again): keep what was measured
@@ -235,6 +220,7 @@ def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> di
         "final": last_metrics, "eval": eval_results,
         "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
         "processes": jax.process_count(), "global_batch_size": config.batch_size,
+        "grad_accum_steps": config.optim.grad_accum_steps,
     }
     checkpointer.close()
     if jax.process_index() == 0:
