@@ -64,12 +64,22 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.reshape(batch, length, self.heads, self.width // self.heads)
 
-    def __call__(self, x, mask: Optional[jax.Array] = None, is_causal: bool = False):
-        """x: [B, T, D]. mask: boolean, broadcastable to [B, heads, T, T], True where a query may attend."""
+    def __call__(self, x, mask: Optional[jax.Array] = None, is_causal: bool = False,
+                 key_bias: Optional[jax.Array] = None, return_keys: bool = False):
+        """x: [B, T, D]. mask: boolean, broadcastable to [B, heads, T, T], True where a query may attend.
+
+        key_bias: optional [B, T], added (in fp32) to every query's logit for each key; ToMe's proportional
+        attention passes log(token sizes). return_keys: also return the keys averaged over heads [B, T, D/heads]
+        in fp32 (ToMe's similarity). Without either the computation is the plain attention's.
+        """
         qkv = self._project(x, slice(None))
         q, k, v = (self._split_heads(t) for t in jnp.split(qkv, 3, axis=-1))
-        out = attention(q, k, v, mask=mask, is_causal=is_causal)
-        return self.out_proj(out.reshape(x.shape[0], x.shape[1], self.width))
+        bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
+        out = attention(q, k, v, mask=mask, is_causal=is_causal, bias=bias)
+        out = self.out_proj(out.reshape(x.shape[0], x.shape[1], self.width))
+        if return_keys:
+            return out, k.astype(jnp.float32).mean(axis=2)
+        return out
 
     def cls_attention(self, x, key_mask: Optional[jax.Array] = None):
         """Head-averaged softmax probabilities of query 0 over all keys: [B, T], in fp32.
@@ -87,12 +97,15 @@ class MultiHeadAttention(nn.Module):
         return jax.nn.softmax(logits, axis=-1).mean(axis=1)
 
 
-def attention(q, k, v, mask=None, is_causal=False):
+def attention(q, k, v, mask=None, is_causal=False, bias=None):
     """Scaled dot-product attention on [B, T, H, dh] with an fp32 softmax.
 
     Delegates to `jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one.
+    bias: optional fp32 additive logits, broadcastable to [B, H, T, T].
     """
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    if bias is None:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
 
 
 class MLP(nn.Module):
@@ -145,6 +158,17 @@ class ResidualBlock(nn.Module):
     def cls_attention(self, x, key_mask=None):
         """Only the CLS-row attention probabilities this block would compute on x: [B, T]."""
         return self.attn.cls_attention(self.ln_1(x), key_mask)
+
+    def attend(self, x, mask=None, key_bias=None):
+        """The attention branch alone, x + attn(ln_1(x)), and that attention's head-averaged keys [B, T, dh]
+        (fp32). key_bias [B, T]: added to the logits of each key (ToMe's proportional attention, log sizes).
+        `attend` then `feed_forward` computes what `__call__` does; token merging runs between the two."""
+        out, keys = self.attn(self.ln_1(x), mask=mask, is_causal=self.causal, key_bias=key_bias, return_keys=True)
+        return x + out.astype(x.dtype), keys
+
+    def feed_forward(self, x):
+        """The MLP branch alone: x + mlp(ln_2(x))."""
+        return x + self.mlp(self.ln_2(x)).astype(x.dtype)
 
 
 def _key_mask_from(mask):
