@@ -1,4 +1,4 @@
-"""A plain NumPy, per-example reference of ToMe (Bolya et al., ICLR 2023, as in the spec's section 2.1).
+"""A plain NumPy, per-example reference of ToMe (Bolya et al., ICLR 2023; docs/other_methods.md).
 
 Written from the paper, independently of the JAX code (and never from ToMe's own code): one example at a
 time, float64, explicit loops over tokens, Python lists of positions, numpy's stable argsort.

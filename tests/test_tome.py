@@ -1,4 +1,4 @@
-"""ToMe (spec section 2.1): equality with an independent NumPy reference, and the invariants of section 4."""
+"""ToMe (docs/other_methods.md): equality with an independent NumPy reference, and docs/invariants.md."""
 import functools
 
 import jax

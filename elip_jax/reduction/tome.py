@@ -1,6 +1,6 @@
 """ToMe, token merging inside every block (Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023).
 
-Implemented from the paper and the project's specification, not from the authors' code (which is licensed for
+Implemented from the paper and docs/other_methods.md, not from the authors' code (which is licensed for
 non-commercial use only). In a block: `x = x + attn(ln_1(x))`, merge `r` tokens by bipartite soft matching on
 that attention's keys, then `x = x + mlp(ln_2(x))`. Every token carries a size (how many input tokens it holds);
 merges are size-weighted averages and every later attention adds log(size) of each key to its logits
