@@ -1,4 +1,4 @@
-"""The demo: a tiny CLIP pre-trained with ELIP on the built-in dataset; about 5 minutes on 2 CPU cores.
+"""The demo: a tiny CLIP pre-trained with ELIP on the built-in dataset; about 7 minutes on 2 CPU cores.
 
 python -m elip_jax.train --config configs/demo.py --workdir workdirs/demo
 python -m elip_jax.train --config configs/demo.py:none --workdir workdirs/demo_none   # the unpruned baseline

@@ -8,11 +8,12 @@
 #     --config.KEY=VALUE ...  passed to the trainer as they are. CI runs the short variant
 #              `./launch/demo.sh elip --config.num_steps=30`: the same code path, fewer steps.
 #
-# What it does, and about how long each part takes on 2 CPU cores (about 5 minutes in all, once .venv exists):
-#   0. installs the runtime requirements into .venv (first run only; a few minutes, network needed)
+# What it does, and about how long each part takes on 2 CPU cores (about 8 minutes in all: 8 min 41 s measured on
+# a fresh clone, 2 cores shared with other work):
+#   0. installs the runtime requirements into .venv (first run only; a minute or more, network needed)
 #   1. generates the built-in dataset: 24,000 captioned pictures of coloured shapes, drawn on this machine,
 #      nothing downloaded (first run only, about 30 s)
-#   2. compiles the training step (about 30 s), then trains 500 steps of 128 image-text pairs (about 3 minutes)
+#   2. compiles the training step (about 30 s), then trains 500 steps of 128 image-text pairs (about 7 minutes)
 #   3. evaluates zero-shot classification of the 16 shape classes on the test split (about 10 s)
 #   4. compiles the unpruned model's training step, without running it, to compare XLA's FLOP and memory
 #      counts of one step (about 20 s)
@@ -25,7 +26,7 @@ if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
   shift
 fi
 echo "elip_jax demo: pre-training a tiny CLIP with $method on the built-in shapes dataset, on CPU;"
-echo "about 5 minutes on 2 cores (the first run also installs .venv and generates the dataset)."
+echo "about 8 minutes on 2 CPU cores (the first run also installs .venv and generates the dataset)."
 ./launch/setup_env.sh
 workdir="workdirs/demo-$method"
 .venv/bin/python -m elip_jax.train --config "configs/demo.py:$method" --workdir "$workdir" "$@"
