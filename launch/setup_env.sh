@@ -15,7 +15,8 @@ case "$profile" in
   *) echo "error: unknown profile '$profile': expected runtime or test" >&2; exit 2 ;;
 esac
 
-pip_quietly() {  # pip, without the warnings some machines' pip configuration prints for every package
+pip_quietly() {  # pip, without the warnings some machines' pip configuration prints for every package, nor
+  # setuptools' banner about editable installs (the checkout is meant to take precedence)
   "$venv/bin/python" -m pip -q --disable-pip-version-check "$@" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   return "${PIPESTATUS[0]}"
@@ -29,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   for f in "${files[@]}"; do
     pip_quietly install --no-deps -r "$f"
   done
-  pip_quietly install --no-deps --no-build-isolation -e .
+  PYTHONWARNINGS="ignore::UserWarning" pip_quietly install --no-deps --no-build-isolation -e .
   # from outside the checkout, so that the installed package is what imports
   (cd / && "$OLDPWD/$venv/bin/python" -c "import elip_jax") \
     || { echo "installation failed: elip_jax does not import from $venv" >&2; exit 1; }
