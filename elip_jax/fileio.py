@@ -1,21 +1,34 @@
-"""Writing result files so that a reader never sees half of one."""
+"""The package's one atomic writer: a file or a folder is written whole or not at all, readable by others.
+
+Everything is built under a temporary name beside its destination and renamed into place, so a reader (or a
+resumed run) never sees half of it. What lands is readable by the other users of a shared machine (files 0644,
+folders 0755): mkstemp's 0600 and mkdtemp's 0700 would otherwise survive the rename. Standard library only, so
+data workers, evaluation, training and conversion all import it without pulling in model code.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+FOLDER_MODE, FILE_MODE = 0o755, 0o644
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes to a temporary file beside `path`, then renames it over `path`."""
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Writes to a temporary file beside `path`, then renames it over `path` (file mode 0644)."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the other users of a shared machine
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -26,5 +39,77 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str, document) -> None:
+def atomic_write_json(path, document) -> None:
     atomic_write_text(path, json.dumps(document, indent=2, default=float) + "\n")
+
+
+def make_readable(root) -> None:
+    """Folders 0755, files 0644 under `root` (safetensors and Orbax may write 0600 files)."""
+    os.chmod(root, FOLDER_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), FOLDER_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
+def check_replaceable(final: Path, overwrite: bool, writes: Optional[tuple] = None) -> None:
+    """Raises FileExistsError when `final` exists and may not be replaced. writes: what the new folder holds;
+    an existing folder is replaced only if it holds nothing else (a previous write of the same kind), so a
+    mistyped destination with overwrite=True cannot delete a user's files."""
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (choose another destination or overwrite it)")
+    if final.is_dir() and writes is not None:
+        others = sorted(set(os.listdir(final)) - set(writes))
+        if others:
+            raise FileExistsError(f"{final} is replaced only if it holds a previous write of "
+                                  f"{', '.join(sorted(writes))}; it also holds {', '.join(others[:5])}"
+                                  f"{' ...' if len(others) > 5 else ''}")
+
+
+@contextlib.contextmanager
+def atomic_directory(final, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder next to `final`; on success it becomes `final` (0755 folders, 0644 files),
+    on error it is removed. With overwrite, an existing `final` is swapped out by one rename."""
+    final = Path(final).absolute()
+    check_replaceable(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        make_readable(tmp)
+        check_replaceable(final, overwrite, tuple(os.listdir(tmp)))
+        if final.exists():  # move the old one aside first so the swap is one rename
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_files(folder, names: tuple, overwrite: bool = False) -> Iterator[dict]:
+    """Yields {name: temporary path} in the existing `folder`; on success each replaces folder/name (the
+    renames follow one another once every file is complete); on error nothing of them is left."""
+    folder = Path(folder).absolute()
+    for name in names:
+        check_replaceable(folder / name, overwrite)
+    temporary = {}
+    try:
+        for name in names:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=folder)
+            os.close(fd)
+            temporary[name] = Path(tmp)
+        yield dict(temporary)
+        for name, tmp in temporary.items():
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, folder / name)
+    except BaseException:
+        for tmp in temporary.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        raise

@@ -171,8 +171,8 @@ def require_pruning(model, name: str) -> None:
 
 
 def tokenize_caption(caption: str, context_length: int):
-    import elip_jax
-    return np.asarray(elip_jax.tokenize([caption], context_length=context_length))
+    from elip_jax.tokenizer import tokenize
+    return np.asarray(tokenize([caption], context_length=context_length))
 
 
 def captured_scores(visual: dict, candidate_counts: Sequence[int]) -> Optional[list[np.ndarray]]:

@@ -4,7 +4,7 @@ random parameters, and tree comparison."""
 import jax
 import numpy as np
 
-from elip_jax.convert.checkpoint import expected_param_shapes
+from elip_jax.checkpoints.params import expected_param_shapes
 from elip_jax.models.config import CLIPConfig
 
 SMALL = CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=128, vision_layers=2,

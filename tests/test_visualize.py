@@ -177,7 +177,7 @@ def test_cli_with_random_weights_draws_large_panels_a_legend_and_the_note(tmp_pa
 def _converted_folder(tmp_path):
     import jax
     import elip_jax
-    from elip_jax.convert.checkpoint import save_pretrained
+    from elip_jax.checkpoints import save_pretrained
 
     model = elip_jax.create_model("tiny")
     variables = model.init(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32), np.zeros((1, 77), np.int32))

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
+from elip_jax.checkpoints.folder import CONFIG_JSON, PARAMS_DIR
+from elip_jax.checkpoints.folder import load_pretrained as load_converted
 from elip_jax.checkpoints.workdir import CHECKPOINTS_DIR, MODEL_CONFIG_FILE, is_workdir, load_workdir
 
 RUNTIME_OPTIONS = ("dtype", "remat")  # what may differ from the saved architecture without touching a shape
-EXPECTED = ("a converted folder (config.json and params/, from `python -m elip_jax.convert`), a training workdir "
+EXPECTED = (f"a converted folder ({CONFIG_JSON} and {PARAMS_DIR}/, from `python -m elip_jax.convert`), a training workdir "
             f"({MODEL_CONFIG_FILE} and {CHECKPOINTS_DIR}/, from `python -m elip_jax.train`) or a model name")
 
 
 def is_converted_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and not is_workdir(path)
+    return os.path.isfile(os.path.join(path, CONFIG_JSON)) and not is_workdir(path)
 
 
 def _check_runtime_options(source: str, overrides: dict):
@@ -29,24 +30,23 @@ def load(source: str, *, reduction=None, seed: int = 0, **overrides):
     - a training workdir: the newest checkpoint that restores (parameters only); name = 'DIRNAME@stepN';
     - a model name from `elip_jax.list_models()`: random weights drawn with `seed`; name = the model name.
 
-    reduction: as in `create_model` ('elip', 'evit', a dict or a ReductionSchedule; None: unpruned).
+    reduction: None restores the schedule saved with a folder or workdir (unpruned for a name); else as in
+    `create_model` ('none', 'elip', 'evit', a dict or a ReductionSchedule). Parameters a method owns (a scorer's,
+    learnable tokens) come from the checkpoint when it has them, else are initialised with `seed`.
     overrides: runtime options (dtype='bfloat16', remat=True) for folders; any CLIPConfig field for names.
     Anything else raises ValueError naming the three expected kinds.
     """
-    from elip_jax.models.clip import CLIP, schedule_for
     from elip_jax.models.config import list_models
     source = os.fspath(source)
     name = os.path.basename(os.path.normpath(source))
     if os.path.isdir(source):
         if is_workdir(source):
             _check_runtime_options(source, overrides)
-            model, variables, step = load_workdir(source, **overrides)
-            model = CLIP(model.config, schedule_for(model.config, reduction))
+            model, variables, step = load_workdir(source, reduction=reduction, seed=seed, **overrides)
             return model, as_device_arrays(variables), f"{name}@step{step}"
         if is_converted_folder(source):
-            from elip_jax.convert import load_pretrained as load_converted
             _check_runtime_options(source, overrides)
-            model, variables = load_converted(source, reduction, **overrides)
+            model, variables = load_converted(source, reduction, seed, **overrides)
             return model, variables, name
         raise ValueError(f"{source!r} is a directory but neither kind of checkpoint: expected {EXPECTED}")
     if source in list_models():
@@ -59,7 +59,7 @@ def load(source: str, *, reduction=None, seed: int = 0, **overrides):
                      f"(one of {', '.join(list_models())})")
 
 
-def load_pretrained(path, reduction=None, **overrides):
+def load_pretrained(path, reduction=None, seed: int = 0, **overrides):
     """(model, variables) from a converted folder or a training workdir (its newest restorable checkpoint).
 
     variables is {'params': tree}, ready for `model.apply(variables, ...)`; overrides: dtype, remat.
@@ -70,7 +70,7 @@ def load_pretrained(path, reduction=None, **overrides):
         raise ValueError(f"load_pretrained needs a directory: a converted folder or a training workdir; "
                          f"{path!r} is not one" + (" (for random weights: elip_jax.create_model(name))"
                                                    if not os.path.exists(path) else ""))
-    model, variables, _ = load(path, reduction=reduction, **overrides)
+    model, variables, _ = load(path, reduction=reduction, seed=seed, **overrides)
     return model, variables
 
 

@@ -1,6 +1,8 @@
 """Reading a training workdir back: the model it trains and the parameters of its newest good checkpoint.
 
     WORKDIR/model_config.json     the architecture (CLIPConfig fields), written once by the first run
+    WORKDIR/reduction.json        the token-reduction schedule it trains with (make_schedule options: method,
+                                  begin_layers, exact keep counts, r, protected, mix); absent: unpruned
     WORKDIR/config.json           the training config the first run started with (never rewritten)
     WORKDIR/config_history.jsonl  one line per resume that changed keys: the step it resumed from and what changed
     WORKDIR/checkpoints/STEP/     Orbax: 'state' (parameters, Adam moments, step, RNG) and 'data' (iterator)
@@ -21,6 +23,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_FILE = "model_config.json"
+REDUCTION_FILE = "reduction.json"
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
@@ -94,6 +97,25 @@ def read_model_config(workdir: str):
         return config_from_dict(json.load(f))
 
 
+def write_reduction(workdir: str, schedule) -> None:
+    """Saves the schedule a run trains with (a ReductionSchedule, or None for none), atomically."""
+    from elip_jax.checkpoints.params import schedule_options
+    from elip_jax.fileio import atomic_write_json
+    atomic_write_json(os.path.join(workdir, REDUCTION_FILE), schedule_options(schedule))
+
+
+def read_reduction(workdir: str):
+    """The saved schedule's make_schedule options, or None (saved without reduction, or an older workdir)."""
+    path = os.path.join(workdir, REDUCTION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        options = json.load(f)
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"{path} must hold a JSON object of schedule options (or null); got {options!r}")
+    return options
+
+
 def restore_params(step_dir: str) -> dict:
     """The parameters of one checkpoint as host float32 numpy arrays, whatever devices wrote it; nothing else
     of the train state is read."""
@@ -117,13 +139,17 @@ def restore_params(step_dir: str) -> dict:
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), restored["params"])
 
 
-def load_workdir(workdir: str, step: Optional[int] = None, **overrides):
-    """(model without token reduction, {'params': ...}, step) from a workdir's newest restorable (or given)
-    checkpoint; only the parameters are read.
+def load_workdir(workdir: str, step: Optional[int] = None, reduction=None, seed: int = 0, **overrides):
+    """(model, {'params': ...}, step) from a workdir's newest restorable (or given) checkpoint; only the
+    parameters are read.
 
-    overrides: CLIPConfig runtime fields such as dtype='bfloat16'.
+    reduction: None restores the schedule the workdir trained with (reduction.json; unpruned when absent);
+    else as in `create_model`: the backbone is kept, parameters the new schedule's method owns come from the
+    checkpoint when it has them, else are initialised with `seed`. overrides: CLIPConfig runtime fields such as
+    dtype='bfloat16'.
     """
-    from elip_jax.models.clip import CLIP
+    from elip_jax.checkpoints.params import fit_variables
+    from elip_jax.models.clip import CLIP, schedule_for
     if not is_workdir(workdir):
         raise ValueError(f"{workdir!r} is not a training workdir: expected {MODEL_CONFIG_FILE} and "
                          f"{CHECKPOINTS_DIR}/ as written by `python -m elip_jax.train`")
@@ -143,4 +169,6 @@ def load_workdir(workdir: str, step: Optional[int] = None, **overrides):
         raise ValueError(f"{workdir!r} has no finished checkpoint yet")
     params, step = restore_newest(checkpoints_dir, lambda s: restore_params(os.path.join(checkpoints_dir, str(s))),
                                   steps)
-    return CLIP(config), {"params": params}, step
+    saved = read_reduction(workdir)
+    model = CLIP(config, schedule_for(config, saved if reduction is None else reduction))
+    return model, fit_variables(model, {"params": params}, seed), step

@@ -61,7 +61,7 @@ def _main(argv=None) -> int:
                                     activation=args.activation, overwrite=args.overwrite)
     except ConversionError as error:
         raise ConversionError(f"{error} (nothing was written to {args.output})") from None
-    from elip_jax.convert.checkpoint import read_config
+    from elip_jax.checkpoints.folder import read_config
     stated = read_config(args.output)[1].get("inferred_from", {})
     print(f"wrote elip_jax checkpoint {args.output}: {config.to_dict()}")
     print("  " + "; ".join(f"{field} {getattr(config, field)!r} from {where}" for field, where in stated.items()))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from elip_jax.convert import hf_layout, openai_layout
-from elip_jax.convert.atomic import atomic_directory, atomic_files
+from elip_jax.fileio import atomic_directory, atomic_files
 from elip_jax.convert.errors import ConversionError
 from elip_jax.convert.readers import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
 from elip_jax.models.config import CLIPConfig

@@ -1,21 +1,15 @@
-"""Write a folder or file completely or not at all: build it under a temporary name, then rename.
+"""The converter's --output check: a bad --output is refused before any checkpoint is read.
 
-What is written is readable by others (folders 0755, files 0644), like every other output of elip_jax:
-mkdtemp's 0700 and mkstemp's 0600 would otherwise survive the rename and hide a converted checkpoint from
-the other users of a shared machine. `check_output` refuses a bad --output before anything is read.
+Writing itself goes through the package's one atomic writer (elip_jax.fileio): whole or not at all, folders
+0755 and files 0644.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from elip_jax.convert.errors import ConversionError
-
-FOLDER_MODE, FILE_MODE = 0o755, 0o644
 
 
 def _check_target(final: Path, overwrite: bool, writes: Optional[tuple] = None):
@@ -60,60 +54,3 @@ def check_output(output, overwrite: bool, writes: tuple = (), inside: Optional[t
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConversionError(f"--output {output} cannot be written: no write permission in {ancestor}")
     return final
-
-
-def _make_readable(root: Path):
-    """Folders 0755, files 0644 (safetensors writes 0600 files, mkdtemp makes a 0700 folder)."""
-    os.chmod(root, FOLDER_MODE)
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), FOLDER_MODE)
-        for name in files:
-            os.chmod(os.path.join(folder, name), FILE_MODE)
-
-
-@contextlib.contextmanager
-def atomic_directory(final, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary folder next to `final`; on success it becomes `final`, on error it is removed."""
-    final = Path(final).absolute()
-    _check_target(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        _make_readable(tmp)
-        _check_target(final, overwrite, tuple(os.listdir(tmp)))
-        if final.exists():  # --overwrite: move the old one aside first so the swap is one rename
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_files(folder, names: tuple, overwrite: bool = False) -> Iterator[dict]:
-    """Yields {name: temporary path} in the existing `folder`; on success each replaces folder/name (the
-    renames follow one another once every file is complete); on error nothing of them is left."""
-    folder = Path(folder).absolute()
-    for name in names:
-        _check_target(folder / name, overwrite)
-    temporary = {}
-    try:
-        for name in names:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=folder)
-            os.close(fd)
-            temporary[name] = Path(tmp)
-        yield dict(temporary)
-        for name, tmp in temporary.items():
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, folder / name)
-    except BaseException:
-        for tmp in temporary.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        raise

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 
 from elip_jax.convert import hf_layout, openai_layout
-from elip_jax.convert.atomic import check_output
-from elip_jax.convert.checkpoint import PARAMS_DIR, check_param_shapes, save_pretrained
+from elip_jax.convert.outputs import check_output
+from elip_jax.checkpoints.folder import FILES as ELIP_JAX_FILES, save_pretrained
+from elip_jax.checkpoints.params import check_param_shapes
 from elip_jax.convert.errors import ConversionError
 from elip_jax.convert.exporters import EXPORTERS, OPEN_CLIP_FILES
 from elip_jax.convert.infer import UNSTATED, confirm_model, infer_config
@@ -20,7 +21,6 @@ from elip_jax.convert.pos_embed import resize_positional_embedding
 from elip_jax.convert.readers import read_checkpoint
 from elip_jax.models.config import CLIPConfig, get_config
 
-ELIP_JAX_FILES = ("config.json", PARAMS_DIR)  # what a converted folder holds
 HF_FILES = ("config.json", "model.safetensors")
 
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -61,7 +61,7 @@ def params_from_checkpoint(path, model: Optional[str] = None, image_size: Option
             "from_image_size": config.image_size, "to_image_size": image_size,
             "method": "bicubic, antialias, align_corners=False, CLS row kept (open_clip resize_pos_embed)"}
         params, config = _resize(params, config, image_size)
-    check_param_shapes(params, config)
+    check_param_shapes(params, config, error=ConversionError)
     if sources["activation"] == UNSTATED:
         raise ConversionError(
             f"{path} does not state its activation (it has no open_clip_config.json or HF config.json beside it, "
@@ -109,7 +109,7 @@ def export_checkpoint(source, to: str, output, overwrite: bool = False) -> Path:
     an existing folder receives the two files). Returns the path written."""
     check_export_output(to, output, overwrite, source)
     params, config = _read_elip_jax(source)
-    check_param_shapes(params, config)
+    check_param_shapes(params, config, error=ConversionError)
     return EXPORTERS[to](params, config, output, overwrite=overwrite)
 
 
@@ -122,7 +122,7 @@ def _read_elip_jax(source) -> tuple[dict, CLIPConfig]:
         raise ConversionError(f"--input {source} {state}; with --to it names an elip_jax checkpoint: a converted "
                               "folder (config.json + params/) or a training workdir (model_config.json + "
                               "checkpoints/)")
-    model, variables, _ = load(str(source))
+    model, variables, _ = load(str(source), reduction="none")  # PyTorch CLIP has no place for a scorer's params
     return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), variables["params"]), model.config
 
 

@@ -26,11 +26,11 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from elip_jax.checkpoints.folder import ELIP_JAX_FORMAT
 from elip_jax.convert.errors import ConversionError, UnsafeCheckpointError
 from elip_jax.convert.hf_layout import stated_by_hf_config
 from elip_jax.convert.torchscript import is_torchscript_zip, read_torchscript, stated_activation
 
-ELIP_JAX_FORMAT = "elip_jax-clip"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "pytorch_model.bin.index.json")
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

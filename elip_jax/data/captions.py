@@ -9,8 +9,8 @@ TokenizeFn = Callable[..., np.ndarray]  # (texts, context_length=...) -> int32 [
 def resolve_tokenize(tokenize_fn: Optional[TokenizeFn]) -> TokenizeFn:
     if tokenize_fn is not None:
         return tokenize_fn
-    import elip_jax  # pylint: disable=g-import-not-at-top  # the one tokenizer of the project
-    return elip_jax.tokenize
+    from elip_jax.tokenizer import tokenize  # pylint: disable=g-import-not-at-top  # the project's one tokenizer
+    return tokenize
 
 
 def tokenize_captions(captions: List[str], context_length: int,

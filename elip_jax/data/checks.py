@@ -13,18 +13,9 @@ from typing import Mapping, Optional, Sequence, Union
 import tensorflow_datasets as tfds
 
 from elip_jax.data import shapes_builder
+from elip_jax.data.names import builtin_config, canonical_name, is_builtin  # noqa: F401  (asked here by others)
 
 Keys = Union[Mapping[str, str], Sequence[str]]
-
-
-def is_builtin(name: str) -> bool:
-    """True for the built-in dataset in any spelling: 'elip_shapes', 'elip_shapes/small', 'elip_shapes:1.0.0'."""
-    return name.split(":")[0].split("/")[0] == shapes_builder.BUILTIN_DATASET
-
-
-def builtin_config(name: str) -> str:
-    parts = name.split(":")[0].split("/")
-    return parts[1] if len(parts) > 1 else "full"
 
 
 def check_data_dir(data_dir: Optional[str]) -> None:
@@ -37,14 +28,11 @@ def check_data_dir(data_dir: Optional[str]) -> None:
 
 def resolve_data_dir(name: str, data_dir: Optional[str] = None) -> Optional[str]:
     """The data directory that holds `name`: for the built-in dataset (any config) the folder it is prepared in,
-    generated there on first use; for other datasets `data_dir` as given (None: TFDS's default)."""
+    generated there on first use (by process 0 while the others wait, in a multi-process job); for other
+    datasets `data_dir` as given (None: TFDS's default)."""
     check_data_dir(data_dir)
     if is_builtin(name):
-        config = builtin_config(name)
-        configs = [c.name for c in shapes_builder.ElipShapes.BUILDER_CONFIGS]
-        if config not in configs:
-            raise ValueError(f"the built-in dataset has the configs {', '.join(configs)}; got {name!r}")
-        return shapes_builder.prepare_builtin(data_dir, config=config)
+        return shapes_builder.prepare_builtin_once(data_dir, config=builtin_config(name))
     return None if data_dir is None else os.fspath(data_dir)
 
 
@@ -65,7 +53,7 @@ def load_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.Dataset
     data_dir = resolve_data_dir(name, data_dir)
     try:
         with quiet_absl():  # "Variant folder ... has no dataset_info.json" for an unprepared dataset: said below
-            return tfds.builder(name, data_dir=data_dir)
+            return tfds.builder(canonical_name(name), data_dir=data_dir)
     except Exception as error:  # pylint: disable=broad-except  # TFDS raises several types, with long messages
         raise ValueError(short_tfds_error(name, error)) from error
 
@@ -142,14 +130,14 @@ def _check_dataset(name: str, split: str, data_dir: Optional[str], keys: Keys) -
         if not isinstance(path, str) or not path or not has_feature(features, path):
             flag = f" (given as {label})" if label != path else ""
             raise ValueError(f"dataset {name!r} has no feature {path!r}{flag}; its features are: "
-                             f"{', '.join(feature_names(features))}")
+                             f"{', '.join(sorted(feature_names(features)))}")
     return int(num_examples)
 
 
 def readable_size_unprepared(name: str, split: str, data_dir: Optional[str]) -> Optional[int]:
     """The size of a split TFDS can read although its builder is not prepared (tfds.testing.mock_data), else None."""
     try:
-        return len(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
+        return len(tfds.data_source(canonical_name(name), split=split, data_dir=data_dir, download=False))
     except Exception:  # pylint: disable=broad-except  # not readable: the caller says how to prepare it
         return None
 

@@ -1,7 +1,7 @@
 """The data config: everything the training pipeline reads, with defaults that work for the built-in dataset."""
 import ml_collections
 
-from elip_jax.data.shapes_builder import BUILTIN_DATASET
+from elip_jax.data.names import BUILTIN_DATASET
 
 
 def default_data_config() -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ from typing import List, Optional
 import tensorflow_datasets as tfds
 
 from elip_jax.data import shapes_scenes
+from elip_jax.data.names import BUILTIN_DATASET, DEFAULT_CONFIG  # noqa: F401  (BUILTIN_DATASET: asked here by old code)
 
-BUILTIN_DATASET = "elip_shapes"
 DATA_DIR_ENV_VAR = "ELIP_JAX_DATA_DIR"
 _GENERATION_SEED = 20230928  # fixed: the dataset is part of the library, not of an experiment
 
@@ -80,14 +80,14 @@ class ElipShapes(tfds.core.GeneratorBasedBuilder):
             yield index, {"image": scene.png, "captions": scene.captions, "label": scene.label}
 
 
-def prepare_builtin(data_dir: Optional[str] = None, config: str = "full") -> str:
+def prepare_builtin(data_dir: Optional[str] = None, config: str = DEFAULT_CONFIG) -> str:
     """Builds the built-in dataset into `data_dir` unless it is already there; returns the data_dir used.
 
     `config`: "full" (what the name `elip_shapes` means) or "small" (`elip_shapes/small`, for tests).
 
     TFDS writes into a temporary `*.incomplete*` folder and renames it when done, so an interrupted build
-    leaves no half-written dataset behind. On several hosts sharing a file system, call this on one
-    process first (or give each host its own data_dir).
+    leaves no half-written dataset behind. This builds on whichever process calls it: several processes use
+    `prepare_builtin_once` (process 0 builds, the others wait).
     """
     from elip_jax.data.checks import quiet_absl  # pylint: disable=g-import-not-at-top  # checks imports this module
 
@@ -108,3 +108,42 @@ def builtin_classnames() -> List[str]:
 def builtin_templates() -> List[str]:
     """Prompt templates for zero-shot classification of the built-in dataset; each contains '{c}'."""
     return list(shapes_scenes.TEMPLATES)
+
+
+_SYNCED = set()  # (data_dir, config) this process has passed the barrier for
+
+
+def process_layout() -> tuple:
+    """(index, count) of this process in a multi-process JAX job, (0, 1) otherwise. Starts no backend (a data
+    worker must never claim an accelerator): a job is multi-process only once jax.distributed is initialised."""
+    jax = sys.modules.get("jax")
+    initialized = getattr(getattr(jax, "distributed", None), "is_initialized", None)
+    if jax is None or initialized is None or not initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def sync_processes(tag: str) -> None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  # multi-process only
+    multihost_utils.sync_global_devices(tag)
+
+
+def prepare_builtin_once(data_dir: Optional[str] = None, config: str = DEFAULT_CONFIG, *,
+                         processes: Optional[tuple] = None, barrier=None) -> str:
+    """`prepare_builtin` for a job of one or several processes; returns the data_dir used.
+
+    Several processes: process 0 builds while the others wait at a barrier, then each looks it up (a host whose
+    file system is not shared builds its own copy). Every process must make its first call for a
+    (data_dir, config) at the same point; later calls are lookups without a barrier.
+    processes: (index, count), default `process_layout()`; barrier(tag): default `sync_processes` (both given
+    by tests to play several processes in one).
+    """
+    index, count = processes or process_layout()
+    key = (os.path.abspath(os.fspath(data_dir)) if data_dir is not None else None, config)
+    if count > 1 and key not in _SYNCED:
+        if index == 0:
+            prepare_builtin(data_dir, config)
+        (barrier or sync_processes)(f"elip_jax built-in dataset {config} ready")
+        _SYNCED.add(key)
+    return prepare_builtin(data_dir, config)
+

@@ -69,7 +69,7 @@ def open_source(dataset: str, split: str, data_dir: Optional[str] = None):
     # decodes, converts or skips it and counts why.
     decoders = {key: tfds.decode.SkipDecoding() for key in image_features(builder)}
     try:
-        return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False,
+        return tfds.data_source(checks.canonical_name(dataset), split=split, data_dir=data_dir, download=False,
                                 decoders=decoders or None)
     except Exception as error:  # pylint: disable=broad-except
         if builder.is_prepared():

@@ -80,7 +80,7 @@ class CollateTrainBatch:
 
     def __init__(self, context_length: int, tokenize_fn=None):
         self.context_length = context_length
-        self.tokenize_fn = tokenize_fn  # None: elip_jax.tokenize, imported in the worker
+        self.tokenize_fn = tokenize_fn  # None: elip_jax.tokenizer.tokenize, imported in the worker
 
     def __call__(self, examples, skipped: collections.Counter) -> Dict[str, np.ndarray]:
         tokens, num_truncated = captions.tokenize_captions(

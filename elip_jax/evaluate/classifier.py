@@ -26,9 +26,9 @@ def class_embeddings_from_prompts(prompt_embeddings: np.ndarray, num_classes: in
 def zeroshot_classifier(model, variables, prompts: ZeroShotPrompts, mesh: Mesh, batch_size: int = 1024,
                         context_length: int | None = None) -> np.ndarray:
     """Class embeddings [C, E] (host, fp32, rows L2-normalised) for `prompts`, on every process."""
-    import elip_jax
+    from elip_jax.tokenizer import tokenize
 
     context_length = context_length or model.config.context_length
-    tokens = elip_jax.tokenize(prompts.prompts(), context_length=context_length)
+    tokens = tokenize(prompts.prompts(), context_length=context_length)
     embeddings = text_embeddings(model, variables, tokens, mesh, batch_size=batch_size)
     return class_embeddings_from_prompts(embeddings, prompts.num_classes)

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from elip_jax.data.names import BUILTIN_ALIAS as BUILTIN, is_builtin
 from elip_jax.evaluate import prompt_data
 
 IMAGENET_1K = ("imagenet2012", "imagenet_v2", "imagenet_sketch")
@@ -19,7 +20,6 @@ IMAGENET_200 = {"imagenet_a": prompt_data.IMAGENET_A_LABEL_IDS, "imagenet_r": pr
 # Stanford Dogs is not in OpenAI's prompt set. Its 120 breeds are ImageNet classes, named here by their
 # OpenAI ImageNet name (matched by WordNet id), with a prompt in the style of OpenAI's Oxford Pets prompt.
 STANFORD_DOGS_TEMPLATES = ("a photo of a {}, a type of dog.",)
-BUILTIN = "builtin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,9 @@ def zeroshot_prompts(dataset: str, tfds_label_names: Optional[Sequence[str]] = N
     known once the dataset is prepared).
     """
     name = base_name(dataset)
-    if name == BUILTIN or name == base_name(_builtin_dataset_name()):
-        from elip_jax import data
-        return _identity(dataset, data.builtin_classnames(), data.builtin_templates())
+    if is_builtin(dataset):
+        from elip_jax.data import shapes_builder
+        return _identity(dataset, shapes_builder.builtin_classnames(), shapes_builder.builtin_templates())
     if name in IMAGENET_1K:
         _check_names(dataset, prompt_data.IMAGENET_WNIDS, tfds_label_names)
         return _identity(dataset, prompt_data.IMAGENET_CLASSNAMES, prompt_data.IMAGENET_TEMPLATES)
@@ -131,10 +131,3 @@ def _check_names(dataset: str, expected: Sequence[str], actual: Optional[Sequenc
             raise ValueError(f"{dataset}: TFDS label {i} is named {a!r} but the zero-shot prompts were matched "
                              f"to {e!r}; this TFDS version orders its labels differently")
 
-
-def _builtin_dataset_name() -> str:
-    try:
-        from elip_jax import data
-        return getattr(data, "BUILTIN_DATASET", BUILTIN)
-    except ImportError:
-        return BUILTIN

@@ -19,14 +19,21 @@ from elip_jax.evaluate.sharding import data_mesh
 from elip_jax.evaluate.zeroshot import evaluate_classification
 
 
-def with_reduction(model, reduction):
-    """The same CLIP architecture and parameters with another token-reduction schedule.
+def with_reduction(model, reduction, variables: Optional[dict] = None, seed: int = 0):
+    """The same CLIP architecture with another token-reduction schedule; with `variables`, (model, variables)
+    fitted to it.
 
     reduction: as `elip_jax.create_model` takes it (a method name, a dict of make_schedule arguments, a
-    ReductionSchedule). Schedules own no parameters, so `variables` stay valid.
+    ReductionSchedule). A method may own parameters (a scorer's, learnable tokens): pass the variables, and
+    those the new model's init creates are taken from them when present (e.g. a trained predictor's), else
+    initialised with `seed`; the backbone is kept as is and parameters only the old schedule had are dropped.
     """
     from elip_jax.models import CLIP, schedule_for
-    return CLIP(model.config, schedule_for(model.config, reduction))
+    new_model = CLIP(model.config, schedule_for(model.config, reduction))
+    if variables is None:
+        return new_model
+    from elip_jax.checkpoints.params import fit_variables
+    return new_model, fit_variables(new_model, variables, seed)
 
 
 def classifier_for(model, variables, dataset: str, *, data_dir: Optional[str] = None, label_key: str = "label",

@@ -46,11 +46,11 @@ def evaluate_retrieval(model, variables, batches: Iterable[dict], captions: Sequ
                        ks: Sequence[int] = DEFAULT_RECALL_KS, text_batch_size: int = 1024,
                        description: str = "retrieval") -> dict:
     """CLIP_benchmark's recall@k both ways. captions[i]: the captions of dataset example i (its 'index')."""
-    import elip_jax
+    from elip_jax.tokenizer import tokenize
 
     indices, images, speed = image_embeddings(model, variables, batches, mesh, description)
     texts, text_to_image = flatten_captions(indices, captions)
-    tokens = elip_jax.tokenize(texts, context_length=model.config.context_length)
+    tokens = tokenize(texts, context_length=model.config.context_length)
     texts_embedded = text_embeddings(model, variables, tokens, mesh, batch_size=text_batch_size)
     metrics = retrieval_metrics(images, texts_embedded, text_to_image, ks)
     return {**metrics, "num_examples": int(len(indices)), "num_texts": len(texts), "examples_per_second": speed}

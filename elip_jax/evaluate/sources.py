@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 from jax.sharding import Mesh
 
 from elip_jax.evaluate import sharding
-from elip_jax.evaluate.classnames import BUILTIN, base_name
+from elip_jax.data.names import canonical_name
+from elip_jax.evaluate.classnames import base_name
 
 DEFAULT_TEXT_KEYS = {"coco_captions": "captions/text"}
 FALLBACK_TEXT_KEY = "captions"  # the built-in dataset's feature (a sequence of texts)
@@ -21,8 +22,7 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> tuple[str, Optiona
     'elip_shapes/small') lives in the folder it is prepared in; other datasets keep their data_dir."""
     from elip_jax import data
 
-    if dataset == BUILTIN:
-        dataset = data.BUILTIN_DATASET
+    dataset = canonical_name(dataset)
     return dataset, data.resolve_data_dir(dataset, data_dir)
 
 

@@ -39,7 +39,7 @@ def model_config_from(config) -> CLIPConfig:
     if config.loss == "siglip":  # SigLIP's initialisation (open_clip): scale 10, bias -10
         overrides.update(init_logit_scale=float(np.log(10.0)), init_logit_bias=-10.0)
     if config.model.init_from:
-        from elip_jax.convert import read_config
+        from elip_jax.checkpoints import read_config
         if "image_size" in overrides:
             raise ValueError("config.model.image_size cannot be combined with config.model.init_from: the checkpoint "
                              "fixes the resolution (convert it with --image-size to change it)")
@@ -77,7 +77,7 @@ def abstract_params(model: CLIP, config):
 
 def converted_params(config) -> dict:
     """The parameters of a converted checkpoint (host numpy), with SigLIP's bias added when needed."""
-    from elip_jax.convert import load_params
+    from elip_jax.checkpoints import load_params
     params = load_params(config.model.init_from)
     if config.loss == "siglip":
         params.setdefault("logit_bias", np.float32(-10.0))
