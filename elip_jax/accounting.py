@@ -9,67 +9,60 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from elip_jax.reduction import ReductionSchedule
+from elip_jax.reduction import ReductionSchedule, get_method, registered_methods
+from elip_jax.reduction.costs import block_flops, cls_row_flops  # noqa: F401  (the primitives, re-exported)
+
+
+def scoring_formulas() -> dict:
+    """Each registered method's scoring cost, in words."""
+    return {name: get_method(name).flops_formula for name in registered_methods()}
+
 
 # Stated in every benchmark JSON so the numbers can be checked by hand.
 FORMULAS = {
     "block": "(8 + 4*mlp_ratio)*N*D^2 + 4*N^2*D  (= 24*N*D^2 + 4*N^2*D for mlp_ratio 4): QKV 6ND^2, "
-             "out-proj 2ND^2, MLP 2*2*mlp_ratio*ND^2, QK^T and AV 2*2*N^2*D; N tokens entering the block, D width",
+             "out-proj 2ND^2, MLP 2*2*mlp_ratio*ND^2, QK^T and AV 2*2*N^2*D; N tokens entering the block, D width. "
+             "A method that merges between the attention and the MLP branch (tome) counts the MLP on the tokens "
+             "left after merging",
     "cls_row": "2*D^2 + 2*N*D^2 + 2*N*D: CLS query projection, key projection of all N tokens, CLS-row logits",
     "main_path": "sum over blocks of block(N_i), N_i = tokens entering block i under the schedule",
-    "scoring": {
-        "none": "0",
-        "random": "0 (uniform random scores)",
-        "elip": "per active stage before block i with group i..i+n-1 and N = tokens before pruning: "
-                "(n-1)*block(N) + cls_row(N)  (look-ahead, forward only)",
-        "elip_inline": "per active stage: cls_row(N) (text-mixed CLS query and keys of block i)",
-        "evit": "per active stage: cls_row(N) at block i-1 (this implementation recomputes the CLS row from "
-                "block i-1's LayerNorm output beside the fused attention)",
-    },
+    "scoring": scoring_formulas(),  # the methods registered when accounting is imported; see formulas()
     "forward": "main_path + scoring",
     "image_train": "3*main_path + scoring (backward ~ 2x forward; scoring carries no gradient)",
 }
 
 
-def block_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> int:
-    """Matmul FLOPs of one pre-LN transformer block on `tokens` tokens of width `width` (see FORMULAS)."""
-    linear = int(round((8 + 4 * mlp_ratio) * tokens * width * width))
-    return linear + 4 * tokens * tokens * width
-
-
-def cls_row_flops(tokens: int, width: int) -> int:
-    """FLOPs of the head-averaged CLS-row attention alone: CLS query, all keys, one row of logits."""
-    return 2 * width * width + 2 * tokens * width * width + 2 * tokens * width
+def formulas() -> dict:
+    """FORMULAS with the scoring cost of every method registered now."""
+    return {**FORMULAS, "scoring": scoring_formulas()}
 
 
 def tokens_per_block(schedule: ReductionSchedule) -> list[int]:
-    """Tokens entering each block; all 1 + P for a schedule that does not prune."""
+    """Tokens entering each block; all the input tokens for a schedule that does not prune."""
     if not schedule.prunes:
-        return [1 + schedule.num_patches] * schedule.depth
+        return [schedule.input_tokens] * schedule.depth
     return schedule.tokens_per_block()
 
 
-def scoring_flops_per_stage(schedule: ReductionSchedule, width: int, mlp_ratio: float = 4.0) -> list[int]:
-    """Extra FLOPs each active stage spends choosing its tokens (forward only, see FORMULAS['scoring'])."""
-    counts = tokens_per_block(schedule)
-    costs = []
-    for stage in schedule.active_stages():
-        begin = schedule.begin_layers[stage]
-        before = counts[begin - 1] if begin > 0 else 1 + schedule.num_patches  # tokens before pruning
-        if schedule.method == "elip":
-            lookahead_blocks = schedule.group_end(stage) - begin - 1
-            costs.append(lookahead_blocks * block_flops(before, width, mlp_ratio) + cls_row_flops(before, width))
-        elif schedule.method in ("elip_inline", "evit"):
-            costs.append(cls_row_flops(before, width))
-        else:
-            costs.append(0)
-    return costs
+def scoring_flops_per_stage(schedule: ReductionSchedule, width: int, mlp_ratio: float = 4.0,
+                            heads: Optional[int] = None) -> list[int]:
+    """Extra FLOPs the method spends choosing its tokens (forward only, see FORMULAS['scoring']): one entry per
+    active stage, or per block for a method that merges inside blocks. An unregistered method is a ValueError.
+    heads: the tower's attention heads (needed by methods whose scoring works per head, such as tome)."""
+    method = get_method(schedule.method)
+    if not schedule.prunes:
+        return []
+    return [int(c) for c in method.scoring_flops(schedule, width, heads=heads, mlp_ratio=mlp_ratio)]
 
 
-def analytic_image_flops(schedule: ReductionSchedule, width: int, mlp_ratio: float = 4.0) -> dict:
+def analytic_image_flops(schedule: ReductionSchedule, width: int, mlp_ratio: float = 4.0,
+                         heads: Optional[int] = None) -> dict:
     """Analytic FLOPs of the vision tower's blocks for one image (see FORMULAS)."""
-    per_block = [block_flops(n, width, mlp_ratio) for n in tokens_per_block(schedule)]
-    per_stage = scoring_flops_per_stage(schedule, width, mlp_ratio)
+    get_method(schedule.method)  # an unknown method fails here, loudly
+    tokens = tokens_per_block(schedule)
+    mlp_tokens = schedule.mlp_tokens_per_block() if schedule.prunes else tokens
+    per_block = [block_flops(n, width, mlp_ratio, None if m == n else m) for n, m in zip(tokens, mlp_tokens)]
+    per_stage = scoring_flops_per_stage(schedule, width, mlp_ratio, heads)
     main, scoring = sum(per_block), sum(per_stage)
     return {"per_block": per_block, "scoring_per_stage": per_stage, "main_path": main, "scoring": scoring,
             "forward": main + scoring, "image_train": 3 * main + scoring}

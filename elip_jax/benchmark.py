@@ -1,10 +1,11 @@
 """FLOPs, memory and speed of every token-reduction method against the unpruned model, in one run.
 
-    python -m elip_jax.benchmark --model ViT-B-16 --methods none,elip,elip_inline,evit,random \
+    python -m elip_jax.benchmark --model ViT-B-16 --methods none,elip,elip_inline,evit,random,tome \
         --batch 8 --json out/bench.json --markdown BENCHMARKS.md
 
 For each method it compiles three programs and reads XLA's own cost and memory analysis:
-  image_forward  the image encoder's forward (text-guided methods get a fixed guide, random a fixed key);
+  image_forward  the image encoder's forward (methods that prune with a guide get a fixed one, those that prune
+                 with a key a fixed key);
   image_train    jax.grad of a scalar of the image features w.r.t. all vision-tower parameters, guided;
   full_step      jax.grad of the CLIP contrastive loss of the training forward w.r.t. all parameters;
 then times image_train and full_step (median of --repeats runs, the methods interleaved so that drift in
@@ -27,8 +28,9 @@ import jax.numpy as jnp
 
 import elip_jax
 from elip_jax.command_line import ArgumentParser, check_output_file, run_command
-from elip_jax.accounting import FORMULAS, analytic_image_flops, tokens_per_block, xla_flops, xla_temp_bytes
-from elip_jax.reduction import METHODS
+from elip_jax.accounting import analytic_image_flops, formulas, tokens_per_block, xla_flops, xla_temp_bytes
+from elip_jax.reduction import registered_methods
+from elip_jax.reduction.registry import GUIDE, RNG
 from elip_jax.train.losses import clip_loss
 from elip_jax.fileio import atomic_write_text as atomic_write
 
@@ -40,7 +42,7 @@ SOT, EOT = 49406, 49407  # CLIP BPE start/end-of-text ids
 CAPTION_LENGTH = 20  # synthetic captions: SOT, 18 word ids, EOT, then padding
 
 # Targets for ViT-B/16 at 224 px, image_train against none (docs/elip.md: what it saves; the efficient variants).
-FLOPS_TARGETS = {"elip": 0.90, "elip_inline": 0.74, "evit": 0.73}
+FLOPS_TARGETS = {"elip": 0.90, "elip_inline": 0.74, "evit": 0.73, "tome": 0.73}
 MEMORY_TARGET = 0.80
 TIME_TOLERANCE = 0.10  # measured time ratio within 10 % of the XLA FLOPs ratio
 
@@ -70,12 +72,10 @@ def make_inputs(config: elip_jax.CLIPConfig, batch: int, seed: int = 0) -> Input
 
 
 def encoder_extras(model: elip_jax.CLIP, inputs: Inputs) -> dict:
-    """What makes each method prune in `encode_image`: a guide for text-guided methods, a key for random."""
-    if model.reduction.text_guided:
-        return {"guide": inputs.guide}
-    if model.reduction.method == "random":
-        return {"rng": inputs.rng}
-    return {}
+    """What makes each method prune in `encode_image`: a guide for those that need one, a key for those that
+    need a key, nothing for the others (the registered method's `trigger`)."""
+    trigger = model.reduction.spec.trigger
+    return {GUIDE: {"guide": inputs.guide}, RNG: {"rng": inputs.rng}}.get(trigger, {})
 
 
 def image_forward_program(model: elip_jax.CLIP) -> Callable:
@@ -124,6 +124,25 @@ class CompiledProgram:
     compiled: Any
     arguments: tuple
     compile_s: float
+
+
+def variables_for(model: elip_jax.CLIP, variables: dict, inputs: Inputs, seed: int) -> dict:
+    """The shared weights, plus whatever the method's own modules own (a learned scorer, learnable tokens):
+    those are initialised for this model and added, so every method runs the same CLIP weights."""
+    own = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), inputs.images, inputs.tokens))
+    if jax.tree_util.tree_structure(own) == jax.tree_util.tree_structure(variables):
+        return variables
+    fresh = model.init(jax.random.PRNGKey(seed), inputs.images, inputs.tokens)
+    return merge_missing(variables, fresh)
+
+
+def merge_missing(base: dict, extra: dict) -> dict:
+    """base with the entries only `extra` has (nested dicts); base's values win where both have one."""
+    merged = dict(extra)
+    for key, value in base.items():
+        merged[key] = merge_missing(value, extra[key]) if isinstance(value, dict) and isinstance(
+            extra.get(key), dict) else value
+    return merged
 
 
 def compile_program(name: str, model: elip_jax.CLIP, variables: dict, inputs: Inputs) -> CompiledProgram:
@@ -180,8 +199,13 @@ def timing_of(result: dict, program: str, statistic: str = "median") -> Optional
 
 def schedule_summary(model: elip_jax.CLIP) -> dict:
     r = model.reduction
-    return {"method": r.method, "begin_layers": list(r.begin_layers), "keep": list(r.keep), "merge": r.merge,
-            "mix": r.mix}
+    summary = {"method": r.method, "begin_layers": list(r.begin_layers), "keep": list(r.keep), "merge": r.merge,
+               "mix": r.mix}
+    if r.r:
+        summary["r"] = list(r.r)
+    if r.protected:
+        summary["protected"] = r.protected
+    return summary
 
 
 def evaluate_targets(methods: dict, model_name: str, config: elip_jax.CLIPConfig) -> dict:
@@ -212,7 +236,7 @@ def device_description() -> dict:
             "device_count": jax.device_count(), "host_cpu_count": os.cpu_count()}
 
 
-def run_benchmark(model_name: str = "ViT-B-16", methods: Sequence[str] = METHODS, batch: int = 8,
+def run_benchmark(model_name: str = "ViT-B-16", methods: Optional[Sequence[str]] = None, batch: int = 8,
                   image_size: Optional[int] = None, dtype: str = "float32", remat: bool = False,
                   repeats: int = 3, warmup: int = 1, measure_time: bool = True, seed: int = 0,
                   programs: Sequence[str] = PROGRAMS,
@@ -222,7 +246,7 @@ def run_benchmark(model_name: str = "ViT-B-16", methods: Sequence[str] = METHODS
     programs: the subset of PROGRAMS to compile; the others are reported as null (compiling a 12-block
     backward pass is what makes a run slow on CPU).
     """
-    methods = validate_methods(methods)
+    methods = validate_methods(registered_methods() if methods is None else methods)
     programs = validate_programs(programs)
     if batch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need batch >= 1, repeats >= 1 and warmup >= 0; got {batch}, {repeats}, {warmup}")
@@ -230,13 +254,13 @@ def run_benchmark(model_name: str = "ViT-B-16", methods: Sequence[str] = METHODS
     models = {m: elip_jax.create_model(model_name, reduction=m, **overrides) for m in methods}
     config = models["none"].config
     inputs = make_inputs(config, batch, seed)
-    # Reduction adds no parameters, so one set of weights serves every method.
     variables = models["none"].init(jax.random.PRNGKey(seed), inputs.images, inputs.tokens)
 
     results, compiled = {}, {}
     for method, model in models.items():
         log(f"[{method}] compiling")
-        built = {name: compile_program(name, model, variables, inputs) for name in programs}
+        method_variables = variables_for(model, variables, inputs, seed)
+        built = {name: compile_program(name, model, method_variables, inputs) for name in programs}
         compiled.update({(method, name): built[name] for name in TIMED_PROGRAMS if name in built})
         results[method] = analyse_method(model, built)
     if measure_time:
@@ -255,7 +279,7 @@ def run_benchmark(model_name: str = "ViT-B-16", methods: Sequence[str] = METHODS
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analytic_flops_per": "image (vision-tower blocks only; multiply by batch for a batch)",
         "xla_flops_per": "batch (the whole compiled program)",
-        "formulas": FORMULAS,
+        "formulas": formulas(),
         "methods": results,
         "targets": evaluate_targets(results, model_name, config),
     }
@@ -268,7 +292,8 @@ def analyse_method(model: elip_jax.CLIP, built: dict) -> dict:
     return {
         "schedule": schedule_summary(model),
         "tokens_per_block": tokens_per_block(model.reduction),
-        "analytic_flops": analytic_image_flops(model.reduction, config.vision_width, config.mlp_ratio),
+        "analytic_flops": analytic_image_flops(model.reduction, config.vision_width, config.mlp_ratio,
+                                               heads=config.vision_heads),
         "xla_flops": pick(xla_flops, PROGRAMS),
         "xla_temp_bytes": pick(xla_temp_bytes, MEMORY_PROGRAMS),
         "compile_s": {name: built[name].compile_s if name in built else None for name in PROGRAMS},
@@ -295,9 +320,9 @@ def validate_programs(programs: Sequence[str]) -> list[str]:
 def validate_methods(methods: Sequence[str]) -> list[str]:
     """Method names in order, `none` first (every ratio is against it; it is added when missing)."""
     methods = [m.strip() for m in methods if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registered_methods()]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(registered_methods())}")
     return ["none"] + [m for m in dict.fromkeys(methods) if m != "none"]
 
 
@@ -431,8 +456,8 @@ def plain_table(result: dict) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m elip_jax.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-16", help="architecture name (see elip_jax.list_models())")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)}; none is always included")
+    p.add_argument("--methods", default=",".join(registered_methods()),
+                   help=f"comma-separated subset of {','.join(registered_methods())}; none is always included")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-size", type=int, default=None, help="override the model's image size")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")

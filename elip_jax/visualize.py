@@ -4,10 +4,13 @@
         [--model tiny-12 | --checkpoint DIR] [--method elip]
 
 DIR is a converted folder (python -m elip_jax.convert) or a training workdir (its newest checkpoint).
-One panel per active stage, after the input. Patches that still have a token of their own are drawn as they
-are; pruned patches are dimmed; with merging, a dot on each pruned patch shows its weight in the merged
-token(s) (dot area proportional to weight). A legend under the panels says so. Without --checkpoint the
-weights are random, and a banner across the figure says that the choices then show only the mechanics.
+For methods that prune between blocks: one panel per active stage, after the input. Patches that still have a
+token of their own are drawn as they are; pruned patches are dimmed; with merging, a dot on each pruned patch
+shows its weight in the merged token(s) (dot area proportional to weight). For methods that merge inside blocks
+(tome): one panel after each of a few blocks, the patches that one token holds painted in their mean colour
+and outlined together; patches still alone are drawn as they are. A legend under the panels says so.
+Without --checkpoint the weights are random, and a banner across the figure says that the choices then show only
+the mechanics.
 Text-guided methods are guided by the caption's embedding, as in pre-training.
 """
 from __future__ import annotations
@@ -25,9 +28,14 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from elip_jax.command_line import ArgumentParser, UsageError, check_output_file, run_command
 from elip_jax.fileio import atomic_write_bytes
+from elip_jax.reduction import registered_methods
 from elip_jax.reduction.ops import MERGE_EPS
+from elip_jax.reduction.registry import INSIDE_BLOCKS, RNG, get_method
 
-PRUNING_METHODS = ("elip", "elip_inline", "evit", "random")
+# Methods that reduce something to draw, from the registry (`none` reduces nothing).
+PRUNING_METHODS = tuple(m for m in registered_methods() if get_method(m).reduces)
+MERGE_PANELS = 4  # inside-block methods: panels after this many blocks, spread over the tower
+GROUP_EDGE = (255, 255, 255)  # outline around the patches one merged token holds
 
 # Figure layout (pixels) and colours.
 MARGIN = 10
@@ -135,6 +143,57 @@ def trace_stages(kept_indices: Sequence[np.ndarray], num_patches: int, merge: bo
     return maps
 
 
+@dataclasses.dataclass
+class MergeMap:
+    """After one block of a method that merges inside blocks (tome), for one image: which token holds each patch.
+
+    token_of_patch: [P] int, the index of the token that holds the patch. group_size: [P] how many patches that
+    token holds (1: the patch is alone). tokens: tokens leaving the block (CLS and protected ones included).
+    """
+
+    block: int
+    token_of_patch: np.ndarray
+    group_size: np.ndarray
+    tokens: int
+
+
+def panel_blocks(merging: Sequence[int], panels: int = MERGE_PANELS) -> list[int]:
+    """Up to `panels` of the merging blocks, spread evenly, the last one always among them."""
+    n = min(panels, len(merging))
+    return [merging[(k + 1) * len(merging) // n - 1] for k in range(n)] if n else []
+
+
+def trace_merges(matchings: Sequence, schedule, panels: int = MERGE_PANELS) -> list[MergeMap]:
+    """Follows one image's merges (one `tome.Matching` per merging block, batch 1) with `tome.merge_sum` on a
+    source map, and maps the tokens after a few blocks back to the patches they hold."""
+    from elip_jax.reduction import tome
+
+    merging = schedule.merging_blocks()
+    if len(matchings) != len(merging):
+        raise ValueError(f"{len(merging)} blocks merge but {len(matchings)} matchings were recorded")
+    chosen = set(panel_blocks(merging, panels))
+    sources = tome.initial_sources(1, schedule.input_tokens)
+    maps = []
+    for block, matching in zip(merging, matchings):
+        sources = tome.merge_sum(sources, matching)
+        if block in chosen:
+            held = np.asarray(sources[0])[:, 1:1 + schedule.num_patches]  # [tokens, P]
+            token_of_patch = held.argmax(axis=0)
+            maps.append(MergeMap(block, token_of_patch, held.sum(axis=1)[token_of_patch], held.shape[0]))
+    return maps
+
+
+def merge_titles(maps: Sequence[MergeMap]) -> list[tuple[str, str, str]]:
+    titles = []
+    for m in maps:
+        alone = int(np.sum(m.group_size == 1))
+        groups = len(set(m.token_of_patch[m.group_size > 1].tolist()))
+        largest = int(np.max(m.group_size, initial=1))
+        titles.append((f"after block {m.block}: {m.tokens} tokens", f"{alone} patches alone",
+                       f"{m.group_size.size - alone} in {groups} merged (largest {largest})"))
+    return titles
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 def load_model(model_name: str, checkpoint: Optional[str], method: str, seed: int):
@@ -165,7 +224,7 @@ def load_model(model_name: str, checkpoint: Optional[str], method: str, seed: in
 
 def require_pruning(model, name: str) -> None:
     config, schedule = model.config, model.reduction
-    if not schedule.active_stages():
+    if not (schedule.active_stages() or schedule.merging_blocks()):
         raise UsageError(f"{schedule.method!r} with its default schedule prunes nothing on {name} "
                          f"({config.vision_layers} blocks, {config.num_patches} patches): nothing to draw")
 
@@ -194,11 +253,13 @@ def pruning_decisions(model, variables, image: np.ndarray, tokens: np.ndarray, r
     kwargs = {}
     if schedule.text_guided:
         kwargs["guide"] = model.apply(variables, jnp.asarray(tokens), normalize=True, method=model.encode_text)
-    if schedule.method == "random":
+    if schedule.spec.trigger == RNG:
         kwargs["rng"] = jax.random.PRNGKey(rng_seed)
     _, state = model.apply(variables, jnp.asarray(image[None]), method=model.encode_image,
                            mutable=["intermediates"], **kwargs)
     visual = state["intermediates"].get("visual", {})
+    if schedule.spec.placement == INSIDE_BLOCKS:
+        return list(visual.get("tome_matchings", ())), None
     kept = [np.asarray(k)[0] for k in visual.get("kept_indices", ())]
     counts = [schedule.candidates(s) for s in schedule.active_stages()]
     scores = captured_scores(visual, counts) if schedule.merge else None
@@ -260,6 +321,52 @@ def stage_panel(display: np.ndarray, stage: StageMap, grid: int) -> np.ndarray:
     return np.asarray(picture)
 
 
+def merge_panel(display: np.ndarray, merges: MergeMap, grid: int) -> np.ndarray:
+    """Patches alone as they are; the patches one merged token holds painted in their mean colour and outlined
+    together (a line wherever a neighbour belongs to another token)."""
+    size = display.shape[0]
+    boxes = [cell_box(i, grid, size) for i in range(grid * grid)]
+    colours = np.array([display[t:b + 1, l:r + 1].reshape(-1, 3).mean(axis=0) for l, t, r, b in boxes])
+    panel = display.copy()
+    for token in np.unique(merges.token_of_patch[merges.group_size > 1]):
+        members = np.flatnonzero(merges.token_of_patch == token)
+        colour = colours[members].mean(axis=0)
+        for i in members:
+            left, top, right, bottom = boxes[i]
+            panel[top:bottom + 1, left:right + 1] = colour
+    picture = Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    owner = merges.token_of_patch.reshape(grid, grid)
+    merged = (merges.group_size > 1).reshape(grid, grid)
+    for row in range(grid):
+        for col in range(grid):
+            if not merged[row, col]:
+                continue
+            left, top, right, bottom = boxes[row * grid + col]
+            other = lambda r, c: not (0 <= r < grid and 0 <= c < grid) or owner[r, c] != owner[row, col]
+            if other(row - 1, col):
+                draw.line((left, top, right, top), fill=GROUP_EDGE)
+            if other(row + 1, col):
+                draw.line((left, bottom, right, bottom), fill=GROUP_EDGE)
+            if other(row, col - 1):
+                draw.line((left, top, left, bottom), fill=GROUP_EDGE)
+            if other(row, col + 1):
+                draw.line((right, top, right, bottom), fill=GROUP_EDGE)
+    return np.asarray(picture)
+
+
+def merge_legend_entries(display: np.ndarray, grid: int) -> list[LegendEntry]:
+    size = display.shape[0]
+    left, top, right, bottom = cell_box((grid // 2) * grid + grid // 2, grid, size)
+    patch = np.asarray(Image.fromarray(display[top:bottom + 1, left:right + 1].astype(np.uint8))
+                       .resize((SWATCH, SWATCH), Image.BICUBIC), np.float32)
+    alone = MergeMap(0, np.array([0]), np.array([1]), 1)
+    together = MergeMap(0, np.array([0]), np.array([2]), 1)
+    return [LegendEntry(merge_panel(patch, alone, 1), "alone: the patch still has a token of its own"),
+            LegendEntry(merge_panel(patch, together, 1),
+                        "merged: the patches one token holds, in their mean colour, outlined together")]
+
+
 def wrap(text: str, width: int, typeface) -> list[str]:
     """Greedy word wrap to `width` pixels."""
     lines, line = [], ""
@@ -312,8 +419,9 @@ def stage_titles(schedule, stages: Sequence[StageMap]) -> list[tuple[str, str, s
 
 def header_lines(method: str, source: str, caption: str, text_guided: bool, image_size: int, grid: int,
                  panel_size: int) -> list[str]:
+    trigger = get_method(method).trigger
     guide = (f"guided by the caption {caption!r}" if text_guided
-             else "the caption is not used" if method == "random" else "scored by the image alone (caption not used)")
+             else "the caption is not used" if trigger == RNG else "scored by the image alone (caption not used)")
     scale = f", drawn at {panel_size} px" if panel_size != image_size else ""
     return [f"{method} on {source}: {guide}",
             f"input {image_size}x{image_size} px, {grid}x{grid} = {grid * grid} patches{scale}"]
@@ -324,14 +432,16 @@ def draw_figure(image: Image.Image, stages: Sequence[StageMap], titles: Sequence
                 random_weights: bool = False) -> Image.Image:
     """Banner (random weights only), header, one titled panel per stage after the input, legend."""
     display = np.asarray(image.convert("RGB").resize((panel_size, panel_size), Image.BICUBIC), np.float32)
-    panels = [display.astype(np.uint8)] + [stage_panel(display, s, grid) for s in stages]
+    panels = [display.astype(np.uint8)] + [merge_panel(display, s, grid) if isinstance(s, MergeMap)
+                                           else stage_panel(display, s, grid) for s in stages]
     width = len(panels) * panel_size + (len(panels) + 1) * MARGIN
     text_width = width - 2 * MARGIN
     typeface, bold = font(), font(FONT_SIZE + 1)
 
     note = wrap(RANDOM_WEIGHTS_NOTE, text_width, bold) if random_weights else []
     header_wrapped = [line for text in header for line in wrap(text, text_width, typeface)]
-    legend = legend_entries(display, grid, merge)
+    merges_in_blocks = any(isinstance(s, MergeMap) for s in stages)
+    legend = merge_legend_entries(display, grid) if merges_in_blocks else legend_entries(display, grid, merge)
     banner_height = (len(note) * LINE_HEIGHT + 2 * MARGIN) if note else 0
     header_top = banner_height + MARGIN
     titles_top = header_top + len(header_wrapped) * LINE_HEIGHT + MARGIN
@@ -393,10 +503,15 @@ def visualize(image_path: str, caption: str, out: str, model_name: str = "tiny-1
     crop, pixels = clip_preprocess(source, config.image_size)
     tokens = tokenize_caption(caption, config.context_length)
     kept, scores = pruning_decisions(model, variables, pixels, tokens, seed)
-    stages = trace_stages(kept, config.num_patches, schedule.merge, scores)
+    if schedule.spec.placement == INSIDE_BLOCKS:
+        stages = trace_merges(kept, schedule)
+        titles = merge_titles(stages)
+    else:
+        stages = trace_stages(kept, config.num_patches, schedule.merge, scores)
+        titles = stage_titles(schedule, stages)
     panel = panel_size or default_panel_size(config.image_size, config.grid_size)
     header = header_lines(method, name, caption, schedule.text_guided, config.image_size, config.grid_size, panel)
-    figure = draw_figure(crop, stages, stage_titles(schedule, stages), header, config.grid_size, panel,
+    figure = draw_figure(crop, stages, titles, header, config.grid_size, panel,
                          merge=schedule.merge, random_weights=checkpoint is None)
     save_png(figure, out)
     return figure.size

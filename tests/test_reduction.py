@@ -5,14 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import elip_jax
-from elip_jax.reduction import make_schedule, prune_tokens
+from elip_jax.reduction import get_method, make_schedule, prune_tokens, registered_methods
+from elip_jax.reduction.registry import BETWEEN_BLOCKS
 from elip_jax.train.losses import clip_loss
 from tests import numpy_reference as ref
 
 IMAGE = (2, 64, 64, 3)
+# The methods that prune between blocks; docs/invariants.md's invariants for every method are in
+# tests/test_reduction_invariants.py.
+STAGE_METHODS = [m for m in registered_methods() if get_method(m).placement == BETWEEN_BLOCKS]
 
 
 def tiny_inputs(seed=0, batch=2):
@@ -79,6 +82,43 @@ def test_invalid_schedules_fail_with_the_bad_value_and_range(kwargs, message):
         make_schedule(**args)
 
 
+def test_exact_keep_counts_and_ratios_exactly_one_of_the_two():
+    assert make_schedule("evit", 196, 12, begin_layers=(3,), keep=(118,)).keep == (118,)
+    assert make_schedule("evit", 196, 12, begin_layers=(3,), keep_ratios=(118 / 196,)).keep == (117,)  # floor
+    with pytest.raises(ValueError, match="keep_ratios or keep"):
+        make_schedule("evit", 196, 12, begin_layers=(3,), keep=(118,), keep_ratios=(0.6,))
+    with pytest.raises(ValueError, match=r"keeps 197 patches \(197\) .* keep must be in \[1, 196\]"):
+        make_schedule("evit", 196, 12, begin_layers=(3,), keep=(197,))
+    with pytest.raises(ValueError, match=r"keep\[0\] = 1.5 must be an int"):
+        make_schedule("evit", 196, 12, begin_layers=(3,), keep=(1.5,))
+
+
+def test_protected_tokens_count_in_every_block_and_the_merged_token_sits_before_them():
+    schedule = make_schedule("elip", 196, 12, protected=4)
+    assert schedule.tokens_per_block() == [201] * 2 + [182] * 2 + [133] * 6 + [84] * 2
+    assert schedule.candidates(1) == 176 + 1  # the merged token is a candidate; the protected ones are not
+    tome = make_schedule("tome", 196, 12, r=8, protected=4)
+    assert tome.tokens_per_block()[:3] == [201, 193, 185]
+    with pytest.raises(ValueError, match="protected"):
+        make_schedule("elip", 196, 12, protected=-1)
+
+
+def test_methods_refuse_the_options_of_the_other_placement():
+    with pytest.raises(ValueError, match="takes r"):
+        make_schedule("tome", 196, 12, begin_layers=(2,), keep_ratios=(0.5,))
+    with pytest.raises(ValueError, match="r and decreasing belong"):
+        make_schedule("evit", 196, 12, r=8)
+    with pytest.raises(ValueError, match="random keeps patches at most 1 time"):
+        make_schedule("random", 196, 12, begin_layers=(2,), keep_ratios=(0.5,))
+
+
+@pytest.mark.parametrize("method", registered_methods())
+def test_a_schedule_rebuilds_from_its_options(method):
+    schedule = make_schedule(method, 196, 12, protected=2)
+    options = schedule.options()
+    assert make_schedule(num_patches=196, depth=12, **options) == schedule
+
+
 # ---------------------------------------------------------------- faithfulness
 
 def test_elip_matches_the_numpy_reference_at_every_stage():
@@ -141,43 +181,17 @@ def test_cheap_last_lookahead_block_gives_the_decisions_of_the_full_block():
     np.testing.assert_array_equal(jax.lax.top_k(cheap_row[:, 1:], k)[1], jax.lax.top_k(matrix_row[:, 1:], k)[1])
 
 
-@pytest.mark.parametrize("method", ["elip", "elip_inline", "evit"])
-def test_keep_ratio_one_and_none_reproduce_the_unpruned_model(method):
-    variables = tiny_variables()
-    images, tokens, guide = tiny_inputs(seed=1)
-    unpruned = elip_jax.create_model("tiny-12")
-    full = elip_jax.create_model("tiny-12", reduction=dict(method=method, keep_ratios=(1.0, 1.0, 1.0)))
-    expected = unpruned.apply(variables, images, tokens)
-    got = full.apply(variables, images, tokens)
-    for a, b in zip(expected, got):
-        np.testing.assert_array_equal(a, b)
-    guided, kept = encode(full, variables, images, guide=guide)
-    assert kept == ()
-    np.testing.assert_array_equal(guided, unpruned.apply(variables, images, method=unpruned.encode_image))
-
-
-def test_text_guided_methods_do_not_prune_without_a_guide_and_random_not_without_rng():
-    variables = tiny_variables()
-    images, _, _ = tiny_inputs()
-    unpruned = elip_jax.create_model("tiny-12").apply(variables, images, method="encode_image")
-    for method in ("elip", "elip_inline", "random"):
-        model = elip_jax.create_model("tiny-12", reduction=method)
-        features, kept = encode(model, variables, images)
-        assert kept == ()
-        np.testing.assert_array_equal(features, unpruned)
-
-
-def test_every_method_keeps_the_scheduled_counts_and_distinct_sorted_indices():
+@pytest.mark.parametrize("method", STAGE_METHODS)
+def test_every_method_keeps_the_scheduled_counts_and_distinct_sorted_indices(method):
     variables = tiny_variables()
     images, _, guide = tiny_inputs()
-    for method in ("elip", "elip_inline", "evit", "random"):
-        model = elip_jax.create_model("tiny-12", reduction=method)
-        _, kept = encode(model, variables, images, guide=guide, rng=jax.random.key(7))
-        assert [k.shape[1] for k in kept] == list(model.reduction.keep)
-        for stage, indices in enumerate(kept):
-            indices = np.asarray(indices)
-            assert (np.diff(indices, axis=1) > 0).all()
-            assert indices.max() < model.reduction.candidates(stage)
+    model = elip_jax.create_model("tiny-12", reduction=method)
+    _, kept = encode(model, variables, images, guide=guide, rng=jax.random.key(7))
+    assert [k.shape[1] for k in kept] == list(model.reduction.keep)
+    for stage, indices in enumerate(kept):
+        indices = np.asarray(indices)
+        assert (np.diff(indices, axis=1) > 0).all()
+        assert indices.max() < model.reduction.candidates(stage)
 
 
 def test_the_guide_changes_elip_decisions_and_random_follows_its_key():
@@ -219,25 +233,6 @@ def test_prune_gradient_flows_through_gather_and_merge_only():
     assert np.abs(expected[:, 1:]).min() > 0  # kept and merged tokens all receive gradient
 
 
-@pytest.mark.parametrize("method", ["elip", "elip_inline", "evit"])
-def test_no_gradient_reaches_the_guide_and_all_parameters_get_one(method):
-    model = elip_jax.create_model("tiny-12", reduction=method)
-    variables = tiny_variables()
-    images, _, guide = tiny_inputs()
-    target = jax.random.normal(jax.random.key(9), (2, 32))
-
-    def loss(params, guide):
-        out = model.apply({"params": params}, images, guide=guide, method=model.encode_image)
-        return jnp.sum(out * target)
-
-    grad_params, grad_guide = jax.grad(loss, argnums=(0, 1))(variables["params"], guide)
-    np.testing.assert_array_equal(grad_guide, 0.0)
-    visual = grad_params["visual"]
-    for i in range(12):
-        norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(visual[f"resblocks_{i}"]))
-        assert np.isfinite(norm) and norm > 0, f"block {i}"
-
-
 def test_remat_gives_the_same_gradients():
     variables = tiny_variables()
     images, tokens, _ = tiny_inputs()
@@ -265,27 +260,3 @@ def test_one_trace_per_schedule_and_shape():
         images, _, guide = tiny_inputs(seed=seed)
         forward(variables, images, guide).block_until_ready()
     assert len(traces) == 1
-
-
-COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
-
-
-@pytest.mark.parametrize("method", ["elip", "elip_inline", "evit", "random"])
-def test_selection_adds_no_cross_device_traffic_with_a_sharded_batch(method):
-    assert jax.device_count() == 8
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    model = elip_jax.create_model("tiny-12", reduction=method)
-    variables = jax.device_put(tiny_variables(), NamedSharding(mesh, P()))
-    images, _, guide = tiny_inputs(batch=8)
-    batch = NamedSharding(mesh, P("data"))
-    images, guide = jax.device_put(images, batch), jax.device_put(guide, batch)
-    key = jax.random.key(0)
-
-    def forward(variables, images, guide, key):
-        return model.apply(variables, images, guide=guide, rng=key, method=model.encode_image)
-
-    compiled = jax.jit(forward, out_shardings=batch).lower(variables, images, guide, key).compile()
-    hlo = compiled.as_text()
-    assert not [op for op in COLLECTIVES if op in hlo], "token selection communicates across devices"
-    reference = jax.jit(forward)(*jax.device_get((variables, images, guide)), key)
-    np.testing.assert_allclose(compiled(variables, images, guide, key), reference, rtol=1e-5, atol=1e-5)

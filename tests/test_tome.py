@@ -351,3 +351,30 @@ def test_tome_adds_no_cross_device_traffic_with_a_sharded_batch():
     got = compiled(variables, images)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+# ---------------------------------------------------------------- the registered method, in the tower
+
+def test_the_registered_tome_in_the_tower_is_the_block_by_block_reference_and_sows_its_matchings():
+    """`create_model(reduction='tome')` runs tome_block in every block, as `tome_features` does by hand."""
+    model = elip_jax.create_model("tiny", reduction={"method": "tome", "r": 8, "decreasing": True})
+    variables, images = tiny_variables(), tiny_images()
+    features, state = jax.jit(lambda v, im: model.apply(v, im, method=model.encode_image,
+                                                         mutable=["intermediates"]))(variables, images)
+    expected, _, counts, matchings = jit_tome_features(model)(variables, images, model.reduction.r)
+    np.testing.assert_array_equal(features, expected)
+    assert list(counts) == model.reduction.tokens_per_block()
+    sown = state["intermediates"]["visual"]["tome_matchings"]
+    assert len(sown) == len([m for m in matchings if m is not None])
+    for got, want in zip(sown, [m for m in matchings if m is not None]):
+        np.testing.assert_array_equal(got.merged, want.merged)
+
+
+def test_remat_gives_the_same_gradients_with_tome():
+    variables, images = tiny_variables(), tiny_images()
+    grads = []
+    for remat in (False, True):
+        model = elip_jax.create_model("tiny", reduction="tome", remat=remat)
+        loss = lambda p: (model.apply({"params": p}, images, method=model.encode_image) ** 2).sum()
+        grads.append(jax.jit(jax.grad(loss))(variables["params"]))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)

@@ -279,3 +279,48 @@ def test_the_module_command_exits_2_with_one_line(tmp_path):
                             capture_output=True, text=True, timeout=300, env=dict(os.environ, ELIP_JAX_TRACEBACK=""))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------- tome
+
+def test_tome_merges_are_traced_back_to_the_patches_every_token_holds():
+    import jax
+    import elip_jax
+
+    model = elip_jax.create_model("tiny-12", reduction="tome")
+    image = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 64, 3)))
+    tokens = np.zeros((1, 77), np.int32)
+    tokens[0, :3] = [49406, 320, 49407]
+    variables = model.init(jax.random.PRNGKey(0), image[None], tokens)
+    matchings, scores = vis.pruning_decisions(model, variables, image, tokens)
+    assert scores is None and len(matchings) == len(model.reduction.merging_blocks()) == 12
+    maps = vis.trace_merges(matchings, model.reduction)
+    assert [m.block for m in maps] == vis.panel_blocks(model.reduction.merging_blocks()) == [2, 5, 8, 11]
+    counts = model.reduction.tokens_per_block()
+    for m in maps:
+        assert m.tokens == counts[m.block] - model.reduction.r[m.block]
+        holders, held = np.unique(m.token_of_patch, return_counts=True)
+        assert len(holders) == m.tokens - 1 and 0 not in holders  # every token but CLS holds patches
+        np.testing.assert_array_equal(m.group_size, held[np.searchsorted(holders, m.token_of_patch)])
+    assert maps[-1].group_size.max() > 1
+
+
+def test_merge_panel_paints_a_merged_token_in_its_mean_colour_and_leaves_lone_patches():
+    display = np.zeros((64, 64, 3), np.float32)
+    display[:32, :32] = (200, 0, 0)
+    display[:32, 32:] = (0, 0, 200)
+    merges = vis.MergeMap(0, token_of_patch=np.array([1, 1, 2, 3]), group_size=np.array([2, 2, 1, 1]), tokens=4)
+    cells = _cells(vis.merge_panel(display, merges, 2), 2)
+    np.testing.assert_allclose(cells[0][8:-8, 8:-8].reshape(-1, 3).mean(0), (100, 0, 100), atol=1)
+    np.testing.assert_allclose(cells[1][8:-8, 8:-8].reshape(-1, 3).mean(0), (100, 0, 100), atol=1)
+    np.testing.assert_array_equal(cells[2], display[32:, :32])
+
+
+def test_cli_draws_tome_merges(tmp_path):
+    image_path, out = _write_chelsea(tmp_path), tmp_path / "tome.png"
+    assert vis.main(["--image", str(image_path), "--caption", "a cat", "--out", str(out), "--model", "tiny-12",
+                     "--method", "tome"]) == 0
+    with Image.open(out) as written:
+        assert written.width >= 5 * 256  # the input and 4 panels
+        assert "merged" in written.info["legend"] and "alone" in written.info["legend"]
+        assert "tome" in written.info["title"]

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from elip_jax.models.config import CLIPConfig
 from elip_jax.models.layers import LayerNorm, ResidualBlock
-from elip_jax.reduction import ReductionSchedule, StageInputs, prune_tokens, score_candidates
+from elip_jax.reduction import ReductionSchedule, StageInputs, prune_tokens, tome
+from elip_jax.reduction.registry import INSIDE_BLOCKS
 
 normal = nn.initializers.normal
 
@@ -17,16 +18,22 @@ normal = nn.initializers.normal
 def make_blocks(config: CLIPConfig, width: int, heads: int, layers: int, causal: bool = False):
     block_cls = ResidualBlock
     if config.remat:  # the cheap `cls_attention` runs without gradient and needs no remat
-        block_cls = nn.remat(ResidualBlock, methods=["__call__", "with_cls_attention"])
+        block_cls = nn.remat(ResidualBlock, methods=["__call__", "with_cls_attention", "attend", "feed_forward"])
     return [block_cls(width, heads, config.mlp_ratio, config.activation, causal, dtype=config.compute_dtype,
                       name=f"resblocks_{i}") for i in range(layers)]
 
 
 class VisionTransformer(nn.Module):
-    """ViT image encoder whose blocks run in stages, with token reduction between stages.
+    """ViT image encoder with token reduction between blocks (stages) or inside them (ToMe-style merging).
 
-    Pruning decisions are sown into the 'intermediates' collection, one entry per active stage:
-    `kept_indices` (kept candidate positions) and `scores` (the candidates' scores), for tests and pictures.
+    The method is the schedule's registered `ReductionMethod`; this tower asks it, never its name. Its scorer, a
+    Flax module, is `reduction_scorer` here, so a scorer's parameters live at params['visual']['reduction_scorer'].
+    A schedule with `protected` tokens gives the tower that many learnable tokens (params['visual']
+    ['learnable_tokens'], [protected, D]) appended after the patches, never pruned or merged.
+
+    Decisions are sown into the 'intermediates' collection, for tests and pictures: between blocks, one entry per
+    active stage of `kept_indices` (kept candidate positions) and `scores` (the candidates' scores); inside blocks,
+    one `tome_matchings` entry (a `tome.Matching`) per block that merges.
     """
 
     config: CLIPConfig
@@ -40,18 +47,29 @@ class VisionTransformer(nn.Module):
         self.class_embedding = self.param("class_embedding", normal(scale), (c.vision_width,))
         self.positional_embedding = self.param("positional_embedding", normal(scale),
                                                (c.num_patches + 1, c.vision_width))
+        if self.reduction.protected:
+            self.learnable_tokens = self.param("learnable_tokens", normal(scale),
+                                               (self.reduction.protected, c.vision_width))
         self.ln_pre = LayerNorm(dtype=c.compute_dtype)
         self.blocks = make_blocks(c, c.vision_width, c.vision_heads, c.vision_layers)
         self.ln_post = LayerNorm(dtype=c.compute_dtype)
         self.proj = self.param("proj", normal(scale), (c.vision_width, c.embed_dim))
+        scorer = self.reduction.spec.scorer
+        if scorer is not None:
+            self.reduction_scorer = scorer(name="reduction_scorer")
 
     def embed(self, images):
-        """[B, H, W, 3] -> [B, 1 + P, D] tokens after ln_pre."""
+        """[B, H, W, 3] -> [B, 1 + P (+ protected), D] tokens after ln_pre; learnable tokens come after the
+        patches (after the positional embedding, before ln_pre)."""
         c = self.config
         x = self.conv1(images.astype(c.compute_dtype))
         x = x.reshape(x.shape[0], -1, c.vision_width)
         cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (x.shape[0], 1, c.vision_width))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)
+        if self.reduction.protected:
+            extra = jnp.broadcast_to(self.learnable_tokens.astype(x.dtype),
+                                     (x.shape[0],) + self.learnable_tokens.shape)
+            x = jnp.concatenate([x, extra], axis=1)
         return self.ln_pre(x)
 
     def guide_to_width(self, guide):
@@ -68,33 +86,47 @@ class VisionTransformer(nn.Module):
         """
         x = self.embed(images)
         schedule = self.reduction
-        active = self._active_stages(guide, rng)
-        begin = {schedule.begin_layers[s]: s for s in active}
-        guide_vec = self.guide_to_width(guide) if guide is not None and schedule.text_guided else None
+        method = schedule.spec
+        if schedule.prunes and method.prunes_with(guide is not None, rng is not None):
+            if method.placement == INSIDE_BLOCKS:
+                x = self._merge_inside_blocks(x)
+            else:
+                x = self._prune_between_blocks(x, guide, rng)
+        else:
+            for block in self.blocks:
+                x = block(x)
+        return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
+
+    def _prune_between_blocks(self, x, guide, rng):
+        schedule = self.reduction
+        method = schedule.spec
+        begin = {schedule.begin_layers[s]: s for s in schedule.active_stages()}
+        guide_vec = self.guide_to_width(guide) if guide is not None and method.text_guided else None
         cls_attention = None
         for i, block in enumerate(self.blocks):
             if i in begin:
                 s = begin[i]
                 inputs = StageInputs(x, self.blocks[i:schedule.group_end(s)], schedule.mix, guide_vec, cls_attention,
-                                     rng)
-                scores = score_candidates(schedule.method, inputs)
-                x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge)
+                                     rng, schedule.protected, s, schedule.keep[s])
+                scores = self.reduction_scorer(inputs)
+                x, kept = prune_tokens(x, scores, schedule.keep[s], schedule.merge, schedule.protected)
                 self.sow("intermediates", "kept_indices", kept)
                 self.sow("intermediates", "scores", scores)
-            if schedule.method == "evit" and i + 1 in begin:
+            if method.needs_previous_cls_attention and i + 1 in begin:
                 x, cls_attention = block.with_cls_attention(x)
             else:
                 x = block(x)
-        return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
+        return x
 
-    def _active_stages(self, guide, rng) -> list[int]:
-        """The stages that prune in this call (docs/elip.md says when text-guided methods prune)."""
+    def _merge_inside_blocks(self, x):
+        """ToMe: merge r[i] tokens in block i between its attention and MLP branches (elip_jax.reduction.tome)."""
         schedule = self.reduction
-        if schedule.text_guided and guide is None:
-            return []
-        if schedule.method == "random" and rng is None:
-            return []
-        return schedule.active_stages()
+        sizes = None
+        for block, r in zip(self.blocks, schedule.r):
+            x, sizes, matching = tome.tome_block(block, x, sizes, r, schedule.protected)
+            if matching is not None:
+                self.sow("intermediates", "tome_matchings", matching)
+        return x
 
 
 class TextTransformer(nn.Module):

@@ -1,8 +1,22 @@
-"""Token reduction inside the vision tower: schedules, static-shape select/merge, scoring methods."""
-from elip_jax.reduction.methods import SCORERS, StageInputs, mix_guide_into_cls, score_candidates
-from elip_jax.reduction.ops import prune_tokens
-from elip_jax.reduction.schedule import (METHODS, TEXT_GUIDED, ReductionSchedule, default_begin_layers,
-                                         make_schedule)
+"""Token reduction inside the vision tower: the registry of methods, schedules, static-shape select/merge.
 
-__all__ = ["METHODS", "TEXT_GUIDED", "ReductionSchedule", "SCORERS", "StageInputs", "default_begin_layers",
-           "make_schedule", "mix_guide_into_cls", "prune_tokens", "score_candidates"]
+Every method is a registered `ReductionMethod` (`get_method(name)`, `registered_methods()`); importing this
+package registers the built-in ones: `none`, `elip`, `elip_inline`, `evit`, `random` (methods.py) and `tome`.
+"""
+from elip_jax.reduction.registry import (ReductionMethod, evaluation_methods, get_method, inference_methods,
+                                         register, registered_methods)
+from elip_jax.reduction.schedule import ReductionSchedule, default_begin_layers, make_schedule
+from elip_jax.reduction.methods import StageInputs, mix_guide_into_cls
+from elip_jax.reduction.ops import prune_tokens
+from elip_jax.reduction import tome  # registers `tome`
+
+__all__ = ["ReductionMethod", "ReductionSchedule", "StageInputs", "default_begin_layers", "evaluation_methods",
+           "get_method", "inference_methods", "make_schedule", "mix_guide_into_cls", "prune_tokens", "register",
+           "registered_methods", "tome"]
+
+
+def __getattr__(name):
+    # METHODS (a tuple of names) predates the registry; it is the registry's list at the time of asking.
+    if name == "METHODS":
+        return registered_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,24 +1,32 @@
-"""Scoring methods: how important each candidate token is at a pruning point (higher = keep).
+"""The between-block methods (`none`, `elip`, `elip_inline`, `evit`, `random`): their scorers and registrations.
 
-Each scorer returns [B, C] fp32 scores for the candidates x[:, 1:] (CLS excluded) and never carries a
-gradient. Blocks are passed in as callables (bound Flax submodules), so this package knows nothing of models.
+Each scorer is a Flax module (these own no parameters; a learned scorer may) that returns [B, C] fp32 scores for
+the candidates (CLS and protected tokens excluded; higher = keep) and never carries a gradient. Blocks are passed
+in as callables (bound Flax submodules), so this package knows nothing of models.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from elip_jax.reduction import registry
+from elip_jax.reduction.costs import block_flops, cls_row_flops
+from elip_jax.reduction.schedule import (DEFAULT_KEEP_RATIOS, DEFAULT_RANDOM_KEEP_RATIO, ReductionSchedule,
+                                         default_begin_layers)
 
 
 @dataclasses.dataclass
 class StageInputs:
     """What a scorer may look at before block `group[0]`.
 
-    x: tokens [B, 1 + C, D] at the stage input. group: the blocks of this stage, in order (for the
+    x: tokens [B, 1 + C + protected, D] at the stage input. group: the blocks of this stage, in order (for the
     look-ahead). guide: text guidance already mapped into the vision width [B, D], or None.
-    previous_cls_attention: head-averaged CLS-row attention [B, 1 + C] of the previous main-path block.
+    previous_cls_attention: head-averaged CLS-row attention [B, T] of the previous main-path block.
+    protected: how many trailing tokens are protected (not candidates). stage, keep: which stage, keeping how many.
     """
 
     x: jax.Array
@@ -27,6 +35,17 @@ class StageInputs:
     guide: Optional[jax.Array] = None
     previous_cls_attention: Optional[jax.Array] = None
     rng: Optional[jax.Array] = None
+    protected: int = 0
+    stage: int = 0
+    keep: int = 0
+
+    @property
+    def num_candidates(self) -> int:
+        return self.x.shape[1] - 1 - self.protected
+
+    def candidate_scores(self, row: jax.Array) -> jax.Array:
+        """The candidates' entries [B, C] of a per-token row [B, T] (drops CLS and the protected tokens)."""
+        return row[:, 1:1 + self.num_candidates]
 
 
 def mix_guide_into_cls(x: jax.Array, guide: jax.Array, mix: float) -> jax.Array:
@@ -35,41 +54,103 @@ def mix_guide_into_cls(x: jax.Array, guide: jax.Array, mix: float) -> jax.Array:
     return x.at[:, 0].set(cls)
 
 
-def elip_scores(inputs: StageInputs) -> jax.Array:
+class ELIPScorer(nn.Module):
     """ELIP: look ahead through the stage's blocks with a text-mixed CLS, score by the CLS-row attention
     of the stage's last block. Only that row of the last block is computed: same decisions, less work."""
-    y = jax.lax.stop_gradient(mix_guide_into_cls(inputs.x, inputs.guide, inputs.mix))
-    for block in inputs.group[:-1]:
-        y = block(y)
-    attention = inputs.group[-1].cls_attention(y)
-    return jax.lax.stop_gradient(attention[:, 1:])
+
+    def __call__(self, inputs: StageInputs) -> jax.Array:
+        y = jax.lax.stop_gradient(mix_guide_into_cls(inputs.x, inputs.guide, inputs.mix))
+        for block in inputs.group[:-1]:
+            y = block(y)
+        attention = inputs.group[-1].cls_attention(y)
+        return jax.lax.stop_gradient(inputs.candidate_scores(attention))
 
 
-def elip_inline_scores(inputs: StageInputs) -> jax.Array:
+class ELIPInlineScorer(nn.Module):
     """Text-guided without look-ahead: the stage's first block scores the current tokens, its CLS query
     taken from the text-mixed CLS. Costs one LayerNorm and one key projection of the tokens."""
-    y = jax.lax.stop_gradient(mix_guide_into_cls(inputs.x, inputs.guide, inputs.mix))
-    return jax.lax.stop_gradient(inputs.group[0].cls_attention(y)[:, 1:])
+
+    def __call__(self, inputs: StageInputs) -> jax.Array:
+        y = jax.lax.stop_gradient(mix_guide_into_cls(inputs.x, inputs.guide, inputs.mix))
+        return jax.lax.stop_gradient(inputs.candidate_scores(inputs.group[0].cls_attention(y)))
 
 
-def evit_scores(inputs: StageInputs) -> jax.Array:
+class EViTScorer(nn.Module):
     """EViT: the CLS-row attention the previous block of the main path already computed."""
-    return jax.lax.stop_gradient(inputs.previous_cls_attention[:, 1:])
+
+    def __call__(self, inputs: StageInputs) -> jax.Array:
+        return jax.lax.stop_gradient(inputs.candidate_scores(inputs.previous_cls_attention))
 
 
-def random_scores(inputs: StageInputs) -> jax.Array:
+class RandomScorer(nn.Module):
     """FLIP: uniform scores, so the top-k is a uniformly random subset of the patches."""
-    batch, tokens = inputs.x.shape[0], inputs.x.shape[1] - 1
-    return jax.random.uniform(inputs.rng, (batch, tokens), jnp.float32)
+
+    def __call__(self, inputs: StageInputs) -> jax.Array:
+        return jax.random.uniform(inputs.rng, (inputs.x.shape[0], inputs.num_candidates), jnp.float32)
 
 
-SCORERS: dict[str, Callable[[StageInputs], jax.Array]] = {
-    "elip": elip_scores,
-    "elip_inline": elip_inline_scores,
-    "evit": evit_scores,
-    "random": random_scores,
-}
+# ---------------------------------------------------------------------------------------------- scoring costs
+
+def tokens_before_stage(schedule: ReductionSchedule, stage: int) -> int:
+    """Tokens in the sequence just before stage `stage` prunes (CLS and protected tokens included)."""
+    begin = schedule.begin_layers[stage]
+    return schedule.tokens_per_block()[begin - 1] if begin > 0 else schedule.input_tokens
 
 
-def score_candidates(method: str, inputs: StageInputs) -> jax.Array:
-    return SCORERS[method](inputs)
+def no_scoring_flops(schedule, width, heads=None, mlp_ratio=4.0) -> list:
+    return [0 for _ in schedule.active_stages()]
+
+
+def elip_scoring_flops(schedule, width, heads=None, mlp_ratio=4.0) -> list:
+    costs = []
+    for stage in schedule.active_stages():
+        before = tokens_before_stage(schedule, stage)
+        lookahead_blocks = schedule.group_end(stage) - schedule.begin_layers[stage] - 1
+        costs.append(lookahead_blocks * block_flops(before, width, mlp_ratio) + cls_row_flops(before, width))
+    return costs
+
+
+def cls_row_scoring_flops(schedule, width, heads=None, mlp_ratio=4.0) -> list:
+    return [cls_row_flops(tokens_before_stage(schedule, stage), width) for stage in schedule.active_stages()]
+
+
+def elip_defaults(num_patches: int, depth: int) -> dict:
+    return {"begin_layers": default_begin_layers(depth), "keep_ratios": DEFAULT_KEEP_RATIOS}
+
+
+def random_defaults(num_patches: int, depth: int) -> dict:
+    return {"begin_layers": (0,), "keep_ratios": (DEFAULT_RANDOM_KEEP_RATIO,)}
+
+
+NONE = registry.register(registry.ReductionMethod(
+    name="none", summary="the unpruned model", trigger=registry.NEVER, placement=registry.NOWHERE,
+    removal=registry.KEEP_ALL, default_options=lambda num_patches, depth: {}, scoring_flops=no_scoring_flops,
+    flops_formula="0", serves_at_inference=True, first_valid_block=0))
+
+ELIP = registry.register(registry.ReductionMethod(
+    name="elip", summary="text-guided pruning and merging with a look-ahead (pre-training)",
+    trigger=registry.GUIDE, placement=registry.BETWEEN_BLOCKS, removal=registry.MERGE_ONE,
+    default_options=elip_defaults, scoring_flops=elip_scoring_flops, scorer=ELIPScorer,
+    flops_formula="per active stage before block i with group i..i+n-1 and N = tokens before pruning: "
+                  "(n-1)*block(N) + cls_row(N)  (look-ahead, forward only)"))
+
+ELIP_INLINE = registry.register(registry.ReductionMethod(
+    name="elip_inline", summary="text-guided pruning and merging scored by the stage's own first block",
+    trigger=registry.GUIDE, placement=registry.BETWEEN_BLOCKS, removal=registry.MERGE_ONE,
+    default_options=elip_defaults, scoring_flops=cls_row_scoring_flops, scorer=ELIPInlineScorer,
+    flops_formula="per active stage: cls_row(N) (text-mixed CLS query and keys of block i)"))
+
+EVIT = registry.register(registry.ReductionMethod(
+    name="evit", summary="pruning and merging by the image's own CLS attention (training and inference)",
+    trigger=registry.ALWAYS, placement=registry.BETWEEN_BLOCKS, removal=registry.MERGE_ONE,
+    default_options=elip_defaults, scoring_flops=cls_row_scoring_flops, scorer=EViTScorer,
+    needs_previous_cls_attention=True, serves_at_inference=True,
+    flops_formula="per active stage: cls_row(N) at block i-1 (this implementation recomputes the CLS row from "
+                  "block i-1's LayerNorm output beside the fused attention)"))
+
+RANDOM = registry.register(registry.ReductionMethod(
+    name="random", summary="FLIP-style random masking before block 0 (training only)",
+    trigger=registry.RNG, placement=registry.BETWEEN_BLOCKS, removal=registry.DROP,
+    default_options=random_defaults, scoring_flops=no_scoring_flops, scorer=RandomScorer,
+    first_valid_block=0, last_valid_block=0, max_stages=1,
+    flops_formula="0 (uniform random scores)"))

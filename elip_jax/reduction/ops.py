@@ -36,16 +36,21 @@ def merge_tokens(candidates: jax.Array, scores: jax.Array, pruned_idx: jax.Array
     return merged[:, None, :]
 
 
-def prune_tokens(x: jax.Array, scores: jax.Array, keep: int, merge: bool):
-    """[CLS, kept candidates in original order, (merged)] from x [B, 1 + C, D] and scores [B, C].
+def prune_tokens(x: jax.Array, scores: jax.Array, keep: int, merge: bool, protected: int = 0):
+    """[CLS, kept candidates in original order, (merged), protected] from x [B, 1 + C + protected, D] and
+    scores [B, C]: the merged token sits last among the candidates, before the `protected` trailing tokens,
+    which (like CLS) are carried over unchanged.
 
     Returns the new sequence and the kept candidate indices [B, keep] (positions within x[:, 1:]).
     """
     scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
-    candidates = x[:, 1:]
+    end = x.shape[1] - protected
+    candidates = x[:, 1:end]
     ranked = rank_candidates(scores)
     kept_idx = jnp.sort(ranked[:, :keep], axis=-1)
     parts = [x[:, :1], gather_tokens(candidates, kept_idx)]
     if merge:
         parts.append(merge_tokens(candidates, scores, ranked[:, keep:]))
+    if protected:
+        parts.append(x[:, end:])
     return jnp.concatenate(parts, axis=1), kept_idx

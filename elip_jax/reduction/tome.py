@@ -256,3 +256,39 @@ def tome_scoring_flops(tokens: int, r: int, width: int, heads: int, protected: i
 
 def tome_scoring_flops_per_block(schedule: ToMeSchedule, width: int, heads: int, protected: int = 0) -> list:
     return [tome_scoring_flops(n, r, width, heads, protected) for n, r in zip(schedule.tokens, schedule.r)]
+
+
+# ---------------------------------------------------------------------------------------------- registration
+
+# r for ViT-B/16 at 224 px (196 patches, 12 blocks): r = 9 in every block puts the image forward at about the
+# FLOPs of EViT's default schedule (0.72 of `none`; BENCHMARKS.md). Other towers scale it with the patch count
+# and the depth: r = round(9 * (P / 196) * (12 / depth)), at least 1.
+DEFAULT_R_VIT_B16 = 9
+
+
+def default_r(num_patches: int, depth: int) -> int:
+    return max(1, int(DEFAULT_R_VIT_B16 * num_patches * 12 / (196 * depth) + 0.5))
+
+
+def _defaults(num_patches: int, depth: int) -> dict:
+    return {"r": default_r(num_patches, depth)}
+
+
+def _scoring_flops(schedule, width: int, heads: Optional[int] = None, mlp_ratio: float = 4.0) -> list:
+    if not heads:
+        raise ValueError("ToMe's scoring FLOPs need the number of attention heads (heads=)")
+    per_block = ToMeSchedule(tuple(schedule.r), tuple(schedule.tokens_per_block()))
+    return tome_scoring_flops_per_block(per_block, width, heads, schedule.protected)
+
+
+def _register():
+    from elip_jax.reduction import registry
+
+    return registry.register(registry.ReductionMethod(
+        name="tome", summary="token merging inside every block by bipartite soft matching (training and inference)",
+        trigger=registry.ALWAYS, placement=registry.INSIDE_BLOCKS, removal=registry.MERGE_PAIRS,
+        default_options=_defaults, scoring_flops=_scoring_flops, flops_formula=FLOPS_FORMULA,
+        serves_at_inference=True, first_valid_block=0, sweep_parameter=registry.SWEEP_R))
+
+
+TOME = _register()

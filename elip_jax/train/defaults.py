@@ -10,7 +10,7 @@ import ml_collections
 
 from elip_jax.data import default_data_config
 from elip_jax.models.config import ARCHITECTURES, ALIASES, DTYPES
-from elip_jax.reduction import METHODS
+from elip_jax.reduction import registered_methods
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -78,8 +78,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", c.model.dtype, f"one of {sorted(DTYPES)}")
     positive_int("model.image_size", c.model.image_size, 0)
-    if c.reduction.method not in METHODS:
-        _fail("reduction.method", c.reduction.method, f"one of {METHODS}")
+    if c.reduction.method not in registered_methods():
+        _fail("reduction.method", c.reduction.method, f"one of {registered_methods()}")
     if len(c.reduction.begin_layers) != len(c.reduction.keep_ratios) and c.reduction.begin_layers:
         _fail("reduction.keep_ratios", c.reduction.keep_ratios,
               f"one ratio per begin layer {tuple(c.reduction.begin_layers)}")
