@@ -9,7 +9,7 @@ import pytest
 from elip_jax import fileio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RENAMING_CALLS = {"mkstemp", "mkdtemp", "NamedTemporaryFile", "replace", "rename"}  # what building then renaming needs
+RENAMING_CALLS = {"mkstemp", "mkdtemp", "NamedTemporaryFile", "replace", "rename"}  # building, then renaming
 
 
 def test_no_other_module_writes_by_renaming():

@@ -28,7 +28,7 @@ LAYERS = {
 }
 # Rules the layers alone do not say.
 FORBIDDEN = {
-    "data": {"models", "reduction", "checkpoints", "convert", "evaluate", "train"},  # a data worker runs no model code
+    "data": {"models", "reduction", "checkpoints", "convert", "evaluate", "train"},  # data workers run no model code
     "evaluate": {"train", "convert"},  # the trainer uses evaluators, never the other way round
     "train": {"convert"},  # converted folders are read through checkpoints
 }

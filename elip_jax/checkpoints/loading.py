@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-from elip_jax.checkpoints.folder import CONFIG_JSON, PARAMS_DIR
+from elip_jax.checkpoints.folder import CONFIG_JSON, PARAMS_DIR, RUNTIME_OPTIONS
 from elip_jax.checkpoints.folder import load_pretrained as load_converted
 from elip_jax.checkpoints.workdir import CHECKPOINTS_DIR, MODEL_CONFIG_FILE, is_workdir, load_workdir
 
-RUNTIME_OPTIONS = ("dtype", "remat")  # what may differ from the saved architecture without touching a shape
-EXPECTED = (f"a converted folder ({CONFIG_JSON} and {PARAMS_DIR}/, from `python -m elip_jax.convert`), a training workdir "
-            f"({MODEL_CONFIG_FILE} and {CHECKPOINTS_DIR}/, from `python -m elip_jax.train`) or a model name")
+EXPECTED = (f"a converted folder ({CONFIG_JSON} and {PARAMS_DIR}/, from `python -m elip_jax.convert`), a "
+            f"training workdir ({MODEL_CONFIG_FILE} and {CHECKPOINTS_DIR}/, from `python -m elip_jax.train`) or a "
+            "model name")
 
 
 def is_converted_folder(path: str) -> bool:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import tensorflow_datasets as tfds
 
 from elip_jax.data import shapes_scenes
-from elip_jax.data.names import BUILTIN_DATASET, DEFAULT_CONFIG  # noqa: F401  (BUILTIN_DATASET: asked here by old code)
+from elip_jax.data.names import BUILTIN_DATASET, DEFAULT_CONFIG  # noqa: F401  (BUILTIN_DATASET: old imports)
 
 DATA_DIR_ENV_VAR = "ELIP_JAX_DATA_DIR"
 _GENERATION_SEED = 20230928  # fixed: the dataset is part of the library, not of an experiment
