@@ -107,3 +107,24 @@ def test_a_data_worker_imports_no_model_code():
         for room in ("models", "reduction", "checkpoints", "convert", "evaluate", "train"))]
     assert not loaded, f"a data worker imported model code: {loaded[:10]}"
     assert "elip_jax.tokenizer" in report["modules"]
+
+
+def test_the_package_front_loads_models_only_when_asked():
+    script = textwrap.dedent("""
+        import sys
+        import elip_jax
+        assert "elip_jax.models" not in sys.modules and "flax" not in sys.modules
+        assert {"create_model", "tokenize", "load_pretrained", "CLIP", "make_schedule"} <= set(dir(elip_jax))
+        assert elip_jax.tokenize("a cat").shape == (1, 77) and "elip_jax.models" not in sys.modules
+        assert elip_jax.create_model("tiny").config.embed_dim == 32 and "elip_jax.models" in sys.modules
+        assert callable(elip_jax.load_pretrained)
+        try:
+            elip_jax.no_such_name
+        except AttributeError as error:
+            assert "no_such_name" in str(error)
+        else:
+            raise AssertionError("an unknown name must raise AttributeError")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(pathlib.Path.home())})
+    assert out.returncode == 0, out.stderr[-3000:]
