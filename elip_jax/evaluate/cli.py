@@ -5,6 +5,13 @@
     python -m elip_jax.evaluate --model tiny --dataset builtin --task zeroshot_retrieval --output r.json
     python -m elip_jax.evaluate --pretrained DIR --dataset cifar10 --task zeroshot_classification \
         --reduction evit --reduction-sweep "1.0,1.0,1.0;0.9,0.65,0.4;0.7,0.5,0.3" --output sweep.json
+    python -m elip_jax.evaluate --pretrained DIR --dataset cifar10 --task zeroshot_classification \
+        --reduction tome --reduction-sweep "0;4;9;16d" --output tome_sweep.json
+
+A sweep varies what the method's schedule is made of: keep ratios for the methods that prune between blocks
+(';'-separated schedules of ','-separated ratios), r for tome (';'-separated entries, each an int r merged in
+every block, an int followed by 'd' for r falling linearly from 2r to 0 over the blocks, or ','-separated
+per-block values; '0' is the unpruned model).
 """
 from __future__ import annotations
 
@@ -20,8 +27,8 @@ from elip_jax.evaluate.classnames import known_datasets, zeroshot_prompts
 from elip_jax.evaluate.results import (TASKS, atomic_write, result_record, sweep_markdown,
                                       write_json)
 from elip_jax.evaluate.sharding import check_batch_size, data_mesh, is_main_process
-
-EVAL_REDUCTIONS = ("none", "evit", "elip", "elip_inline")
+from elip_jax.reduction import evaluation_methods, get_method
+from elip_jax.reduction.registry import SWEEP_R
 
 
 def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optional[str] = None, seed: int = 0,
@@ -85,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=256, help="global batch, a multiple of the device count")
-    p.add_argument("--reduction", default="none", choices=EVAL_REDUCTIONS,
-                   help="token reduction in the image tower at evaluation. elip/elip_inline are text-guided and "
-                        "get no guide at evaluation, so they do not prune (recorded as prunes_at_eval: false)")
+    p.add_argument("--reduction", default="none", choices=evaluation_methods(),
+                   help="token reduction in the image tower at evaluation. Text-guided methods (elip, "
+                        "elip_inline) get no guide at evaluation, so they do not prune (recorded as "
+                        "prunes_at_eval: false)")
     p.add_argument("--keep-ratios", default=None, help="comma-separated keep ratios, e.g. 0.9,0.65,0.4")
     p.add_argument("--begin-layers", default=None, help="comma-separated blocks to prune before, e.g. 2,4,10")
     p.add_argument("--reduction-sweep", default=None,
-                   help="';'-separated keep schedules for --reduction (default evit), e.g. "
-                        "'1.0,1.0,1.0;0.9,0.65,0.4': writes one result per schedule and a markdown table")
+                   help="';'-separated schedules for --reduction (default evit): keep ratios such as "
+                        "'1.0,1.0,1.0;0.9,0.65,0.4', or for tome values of r such as '0;4;9;16d' (d: decreasing). "
+                        "Writes one result per schedule and a markdown table")
     p.add_argument("--image-key", default="image")
     p.add_argument("--label-key", default="label")
     p.add_argument("--text-key", default=None, help="caption feature for retrieval ('captions/text' for COCO)")
@@ -116,7 +125,9 @@ def check_arguments(args, mesh) -> dict:
         check_output_file(markdown, "--output (the sweep's table beside it)")
     keep_ratios = parse_floats(args.keep_ratios, "--keep-ratios")
     begin_layers = parse_ints(args.begin_layers, "--begin-layers")
-    schedules = evaluator.parse_keep_schedules(args.reduction_sweep) if args.reduction_sweep else None
+    schedules = parse_sweep(args.reduction_sweep, sweep_method(args)) if args.reduction_sweep else None
+    if schedules and args.begin_layers and get_method(sweep_method(args)).sweep_parameter == SWEEP_R:
+        raise UsageError(f"--begin-layers does not apply to {sweep_method(args)}, which merges inside every block")
     check_batch_size(args.batch_size, mesh)
 
     dataset, data_dir = sources.resolve_dataset(args.dataset, args.data_dir)
@@ -150,9 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                        pretrained=args.pretrained)
 
     if checked["schedules"]:
-        method = "evit" if args.reduction == "none" else args.reduction
-        outcomes = evaluator.reduction_sweep(model, variables, checked["schedules"], method=method,
-                                             begin_layers=checked["begin_layers"], **common)
+        method = sweep_method(args)
+        if get_method(method).sweep_parameter == SWEEP_R:
+            outcomes = sweep_r(model, variables, checked["schedules"], method, **common)
+        else:
+            outcomes = evaluator.reduction_sweep(model, variables, checked["schedules"], method=method,
+                                                 begin_layers=checked["begin_layers"], **common)
         typed = evaluator.typed_keep_schedules(args.reduction_sweep)
         records = [{**record(o, record_args), "keep_ratios_typed": t} for o, t in zip(outcomes, typed)]
         payload = {**record_args, "sweep": records}
@@ -177,10 +191,55 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return payload
 
 
+def sweep_method(args) -> str:
+    return "evit" if args.reduction == "none" else args.reduction
+
+
+def parse_sweep(text: str, method: str) -> list:
+    """The sweep's schedules: keep-ratio tuples, or for a method whose sweep varies r (tome) one dict of
+    make_schedule options per entry ('9' -> r=9, '16d' -> r=16 decreasing, '4,4,2,0' -> one r per block)."""
+    if get_method(method).sweep_parameter != SWEEP_R:
+        return evaluator.parse_keep_schedules(text)
+    entries = evaluator.typed_keep_schedules(text)
+    if not entries:
+        raise UsageError(f"the {method} sweep needs at least one value of r, e.g. '0;4;9;16d'")
+    options = []
+    for entry in entries:
+        try:
+            if entry.endswith("d"):
+                options.append({"r": int(entry[:-1]), "decreasing": True})
+            elif "," in entry:
+                options.append({"r": tuple(int(v) for v in entry.split(","))})
+            else:
+                options.append({"r": int(entry)})
+        except ValueError:
+            raise UsageError(f"a {method} sweep entry is an int r ('9'), r falling to 0 ('16d') or one int per "
+                             f"block ('4,4,2,0'); got {entry!r}") from None
+    return options
+
+
+def sweep_r(model, variables, options, method: str, *, task: str, dataset: str, data_dir=None, mesh=None,
+            label_key: str = "label", **evaluate_kwargs) -> list[dict]:
+    """`evaluator.evaluate` once per r schedule; class embeddings or captions are computed once. Schedules are
+    validated before anything runs."""
+    models = [evaluator.with_reduction(model, {"method": method, **o}) for o in options]
+    shared = {}
+    if task == "zeroshot_classification":
+        shared["classifier"] = evaluator.classifier_for(model, variables, dataset, data_dir=data_dir,
+                                                        label_key=label_key, mesh=mesh)
+    else:
+        text_key = evaluate_kwargs.pop("text_key", None) or sources.default_text_key(dataset)
+        shared["captions"] = sources.read_captions(dataset, evaluate_kwargs.get("split", "test"), data_dir, text_key)
+    return [evaluator.evaluate(m, variables, task=task, dataset=dataset, data_dir=data_dir, mesh=mesh,
+                               label_key=label_key, **shared, **evaluate_kwargs) for m in models]
+
+
 def sweep_title(args, model_name: str, method: str) -> dict:
     """What the sweep's table says it measured: model, dataset, split, task, method and the schedules as typed."""
     return {"model": model_name, "dataset": args.dataset, "split": args.split, "task": args.task,
-            "method": method, "keep ratios (as typed)": args.reduction_sweep,
+            "method": method,
+            ("r (as typed)" if get_method(method).sweep_parameter == SWEEP_R else "keep ratios (as typed)"):
+                args.reduction_sweep,
             **({"begin layers": args.begin_layers} if args.begin_layers else {})}
 
 

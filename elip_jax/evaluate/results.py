@@ -14,14 +14,23 @@ TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 def describe_reduction(schedule) -> dict:
     """What the image tower does at evaluation: method, schedule and the tokens entering each block.
 
-    Text-guided methods get no guide at evaluation, so they do not prune (docs/elip.md): said explicitly
-    in 'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
+    Only methods that serve at inference prune with the image alone; text-guided methods get no guide at
+    evaluation and random masking no key, so they do not prune (docs/elip.md): said explicitly in
+    'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
     """
-    prunes = bool(schedule.active_stages() and not schedule.text_guided and schedule.method != "random")
-    return {"method": schedule.method, "begin_layers": list(schedule.begin_layers), "keep": list(schedule.keep),
-            "keep_ratios": [k / schedule.num_patches for k in schedule.keep] if schedule.num_patches else [],
-            "prunes_at_eval": prunes,
-            "tokens_per_block": schedule.tokens_per_block() if prunes else [1 + schedule.num_patches] * schedule.depth}
+    method = schedule.spec
+    reduces = bool(schedule.active_stages() or schedule.merging_blocks())
+    prunes = reduces and method.serves_at_inference and method.prunes_with(guide_given=False, rng_given=False)
+    described = {"method": schedule.method, "begin_layers": list(schedule.begin_layers), "keep": list(schedule.keep),
+                 "keep_ratios": [k / schedule.num_patches for k in schedule.keep] if schedule.num_patches else [],
+                 "prunes_at_eval": prunes,
+                 "tokens_per_block": (schedule.tokens_per_block() if prunes
+                                      else [schedule.input_tokens] * schedule.depth)}
+    if schedule.r:
+        described["r"] = list(schedule.r)
+    if schedule.protected:
+        described["protected"] = schedule.protected
+    return described
 
 
 def result_record(*, dataset: str, model: str, task: str, metrics: dict, pretrained: Optional[str] = None,
@@ -65,10 +74,12 @@ def sweep_markdown(records: Sequence[dict], title: Optional[dict] = None) -> str
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record in records:
         red = record["reduction"]
-        exact = ", ".join(f"{r:.3g}" for r in red["keep_ratios"]) or "-"
+        exact = ", ".join(f"{r:.3g}" for r in red["keep_ratios"]) or (f"r {compact_counts(red['r'])}" if red.get("r")
+                                                                      else "-")
         typed = record.get("keep_ratios_typed") or exact
         flops = record.get("flops_per_image")
-        cells = [red["method"] + ("" if red["prunes_at_eval"] or red["method"] == "none" else " (unpruned)"),
+        reduces = red["keep"] or any(red.get("r", ()))
+        cells = [red["method"] + ("" if red["prunes_at_eval"] or not reduces else " (unpruned)"),
                  typed, exact, compact_counts(red["tokens_per_block"])]
         cells += [_percent(record["metrics"].get(k)) for k in keys]
         cells += [_number(flops / 1e9 if flops else None, 3), _number(flops / base if flops and base else None, 3),
