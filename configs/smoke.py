@@ -1,6 +1,7 @@
 """A seconds-long run on the small built-in dataset: for tests and for checking a set-up end to end.
 
 python -m elip_jax.train --config configs/smoke.py --workdir /tmp/smoke
+python -m elip_jax.train --config configs/smoke.py:tome --workdir /tmp/smoke_tome   # ARG: any registered method
 """
 from elip_jax.train.defaults import base_config
 
