@@ -5,6 +5,8 @@ python -m elip_jax.train --config configs/vit_b16_elip.py --workdir /shared/runs
 ARG picks the token-reduction method: elip (default), elip_inline, evit, random or none.
 The dataset must be built as array_record (see README 'Data'); nothing is downloaded at run time.
 """
+import ml_collections
+
 from elip_jax.train.defaults import base_config
 
 
@@ -29,7 +31,7 @@ def get_config(arg: str = "elip"):
     c.mesh.fsdp = 1  # e.g. --config.mesh.fsdp=8 on a host with 8 accelerators
     c.checkpoint.every_steps = 1_000
     c.log_every_steps = 50
-    c.eval.every_steps = 5_000
-    c.eval.datasets = ("cifar10", "cifar100")
-    c.eval.split = "test"
+    c.evals = ml_collections.ConfigDict({  # zero-shot, unguided (ELIP never sees the ground truth)
+        name: dict(type="zeroshot_classification", dataset=name, split="test", batch_size=256, every_steps=5_000)
+        for name in ("cifar10", "cifar100")})
     return c

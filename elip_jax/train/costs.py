@@ -13,10 +13,8 @@ from typing import Optional
 
 import jax
 
-from elip_jax.train import loop, sharding
+from elip_jax.train import setup
 from elip_jax.train.defaults import validate_config
-from elip_jax.train.optim import learning_rate_schedule, make_optimizer
-from elip_jax.train.step import init_state
 
 
 def unpruned(config):
@@ -31,17 +29,10 @@ def unpruned(config):
 def training_step_costs(config) -> dict:
     """{'method', 'tokens_per_block', 'flops_per_step_per_device', 'temp_bytes_per_device'} of the compiled
     training step of `config` (abstract state and batch: nothing is initialised or run)."""
-    validate_config(config)
-    model = loop.build_model(config)
-    mesh = sharding.make_mesh(config.mesh)
-    tx = make_optimizer(config.optim)
-    schedule = learning_rate_schedule(config.optim, config.num_steps)
-    abstract_state = jax.eval_shape(lambda p: init_state(p, tx, config.seed), loop.abstract_params(model, config))
-    state_shardings = sharding.state_shardings(abstract_state, mesh, config.param_sharding)
-    state_like = jax.tree_util.tree_map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                                        abstract_state, state_shardings)
-    compiled = loop.compile_train_step(model, config, mesh, tx, schedule, state_shardings, state_like)
-    flops, temp_bytes = loop.step_costs(compiled, config)
+    p = setup.plan(config)
+    compiled = setup.compile_train_step(p, setup.abstract_state_with_shardings(p))
+    flops, temp_bytes = setup.step_costs(compiled, config)
+    model = p.model
     c = model.config
     return {"method": model.reduction.method,
             "tokens_per_block": model.reduction.tokens_per_block() or [1 + c.num_patches] * c.vision_layers,
@@ -56,7 +47,7 @@ def costs_from_workdir(config, workdir) -> Optional[dict]:
         return None
     with open(path) as f:
         summary = json.load(f)
-    model = loop.build_model(config)
+    model = setup.build_model(config)
     c = model.config
     tokens = model.reduction.tokens_per_block() or [1 + c.num_patches] * c.vision_layers
     same = (summary.get("model") == config.model.name and summary.get("reduction") == model.reduction.method

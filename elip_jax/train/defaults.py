@@ -6,11 +6,15 @@ compiles and names the bad key, the given value and what is allowed.
 """
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from elip_jax.data import default_data_config
 from elip_jax.models.config import ARCHITECTURES, ALIASES, DTYPES
 from elip_jax.reduction import registered_methods
+from elip_jax.train.losses import LOSSES
+from elip_jax.train.sharding import check_rules
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,18 +37,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # "": the default data directory ($ELIP_JAX_DATA_DIR or ~/.cache/elip_jax/...)
     c.batch_size = 256  # global, over all devices and processes
     c.num_steps = 1000
-    c.loss = "clip"  # 'clip' (softmax) or 'siglip' (sigmoid, adds a learned logit bias)
+    c.loss = "clip"  # a name in elip_jax.train.losses.LOSSES: 'clip' (softmax) or 'siglip' (sigmoid, learned bias)
     c.logit_scale_max = 100.0
     c.optim = ml_collections.ConfigDict(dict(
         lr=5e-4, warmup_steps=100, end_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2,
         grad_clip_norm=1.0,  # 0 disables clipping
         grad_accum_steps=1,  # micro-batches per step; the contrastive loss sees one micro-batch at a time
+        frozen=(),  # regexes over '/'-joined parameter paths ('^text/.*'): no update, no optimizer state
     ))
     c.mesh = ml_collections.ConfigDict(dict(
         data=-1,  # -1: all devices not used by the other axes
         fsdp=1,
     ))
     c.param_sharding = "replicated"  # or 'fsdp': every large parameter split over the 'fsdp' axis
+    # (regex over the parameter path, spec) pairs tried before param_sharding; a spec has one entry per
+    # dimension: None, 'data', 'fsdp' or a tuple of them, e.g. (("^vision/proj$", (None, "fsdp")),)
+    c.sharding_rules = ()
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=500, keep=3, async_save=True,
     ))
@@ -58,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
         reduction="none",  # 'none' or 'evit' at evaluation; ELIP never guides with the ground truth
         data_dir="",  # TFDS data_dir of the evaluation datasets ("": TFDS's default)
     ))
+    # named evaluators (elip_jax/evaluate/evaluators.py), e.g. evals.cifar10 = dict(type="zeroshot_classification",
+    # dataset="cifar10", every_steps=5000); empty: zero-shot classification as config.eval above says
+    c.evals = ml_collections.ConfigDict()
     c.peak_flops_per_device = 0.0  # for MFU; 0 -> looked up from the device kind where known
     return c
 
@@ -85,8 +96,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
               f"one ratio per begin layer {tuple(c.reduction.begin_layers)}")
     positive_int("batch_size", c.batch_size)
     positive_int("num_steps", c.num_steps)
-    if c.loss not in ("clip", "siglip"):
-        _fail("loss", c.loss, "'clip' or 'siglip'")
+    if c.loss not in LOSSES:
+        _fail("loss", c.loss, f"one of {sorted(LOSSES)}")
     if not c.logit_scale_max > 0:
         _fail("logit_scale_max", c.logit_scale_max, "a positive float")
     o = c.optim
@@ -107,6 +118,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     positive_int("mesh.fsdp", c.mesh.fsdp)
     if c.param_sharding not in ("replicated", "fsdp"):
         _fail("param_sharding", c.param_sharding, "'replicated' or 'fsdp'")
+    check_rules(c.get("sharding_rules", ()))
+    for i, pattern in enumerate(o.get("frozen", ())):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            _fail(f"optim.frozen[{i}]", pattern, f"a regex over parameter paths ({error})")
     positive_int("checkpoint.every_steps", c.checkpoint.every_steps)
     positive_int("checkpoint.keep", c.checkpoint.keep)
     positive_int("max_consecutive_nonfinite", c.max_consecutive_nonfinite)
@@ -115,5 +132,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     positive_int("eval.batch_size", c.eval.batch_size)
     if c.eval.reduction not in ("none", "evit"):
         _fail("eval.reduction", c.eval.reduction, "'none' or 'evit'")
+    from elip_jax.evaluate.evaluators import validate_evals
+    validate_evals(c.get("evals", {}))
     if not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 31:
         _fail("seed", c.seed, "an int in [0, 2**31)")

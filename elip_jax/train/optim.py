@@ -7,6 +7,8 @@ direction (Adam, plus decoupled weight decay) without the learning rate, and the
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,10 +49,41 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def param_path(path) -> str:
+    """A leaf's '/'-joined path ('text/ln_final/scale'): what frozen groups and sharding rules match."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def frozen_labels(frozen, params):
+    """'frozen' for every parameter whose path matches one of the regexes in `frozen`, else 'trained'."""
+    def label(path, _):
+        name = param_path(path)
+        return "frozen" if any(re.search(pattern, name) for pattern in frozen) else "trained"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def check_frozen(frozen, params) -> None:
+    """Every regex of config.optim.frozen must name at least one parameter (else it is a typo)."""
+    names = [param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pattern in frozen:
+        if not any(re.search(pattern, name) for name in names):
+            raise ValueError(f"config.optim.frozen: {pattern!r} matches no parameter (paths look like "
+                             f"{names[0]!r}; {len(names)} in all)")
+
+
 def make_optimizer(optim) -> optax.GradientTransformation:
     """AdamW's update direction, before the learning rate: clip, Adam, decoupled weight decay (optax.adamw
-    without its final scale_by_learning_rate). The train step multiplies by -schedule(state.step)."""
+    without its final scale_by_learning_rate). The train step multiplies by -schedule(state.step).
+
+    optim.frozen (regexes over parameter paths, as big_vision's siglip_lit config): those parameters get a zero
+    update and no optimizer state, and their gradients do not count in the clipping norm.
+    """
     steps = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm > 0 else []
     steps.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
     steps.append(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask))
-    return optax.chain(*steps)
+    adamw = optax.chain(*steps)
+    frozen = tuple(optim.get("frozen", ()) or ())
+    if not frozen:
+        return adamw
+    return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
+                                 lambda params: frozen_labels(frozen, params))

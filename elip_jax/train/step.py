@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from elip_jax.data import normalize_images
-from elip_jax.train.losses import clip_loss, siglip_loss
+from elip_jax.train.losses import Loss, get_loss
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -29,12 +29,10 @@ def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainStat
                       nonfinite_in_a_row=zero, nonfinite_total=zero)
 
 
-def make_loss_fn(model, loss_name: str):
+def make_loss_fn(model, loss: Loss):
     def loss_fn(params, images, tokens, rng):
         image_features, text_features, logit_scale = model.apply({"params": params}, images, tokens, rng=rng)
-        if loss_name == "siglip":
-            return siglip_loss(image_features, text_features, logit_scale, params["logit_bias"])
-        return clip_loss(image_features, text_features, logit_scale)
+        return loss(params, image_features, text_features, logit_scale)
     return loss_fn
 
 
@@ -66,14 +64,15 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss_name: str,
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss_name,
                     logit_scale_max: float, grad_accum_steps: int = 1):
     """train_step(state, batch) -> (state, metrics); batch = {'images': uint8 [B,S,S,3], 'tokens': int32}.
 
     tx: the update direction without the learning rate (optim.make_optimizer); the step scales it by
     schedule(state.step), so skipped steps advance the rate exactly as they advance the logged step.
+    loss_name: a registered loss's name or the `losses.Loss` itself.
     """
-    loss_fn = make_loss_fn(model, loss_name)
+    loss_fn = make_loss_fn(model, get_loss(loss_name) if isinstance(loss_name, str) else loss_name)
     max_log_scale = math.log(logit_scale_max)
 
     def train_step(state: TrainState, batch):
