@@ -2,7 +2,8 @@
 
 python -m elip_jax.train --config configs/vit_b16_elip.py --workdir /shared/runs/elip-b16 \
     --config.data.data_dir=/data/tfds [--config.data.name=my_cc3m --config.data.caption_key=caption]
-ARG picks the token-reduction method: elip (default), elip_inline, evit, random or none.
+ARG picks the token-reduction method: elip (default) or any registered one (elip_inline, evit, random, tome,
+none: elip_jax.reduction.registered_methods()).
 The dataset must be built as array_record (see README 'Data'); nothing is downloaded at run time.
 """
 import ml_collections

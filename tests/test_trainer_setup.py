@@ -172,3 +172,25 @@ def test_init_from_a_converted_folder_is_decided_once_with_the_loss_bias_added(t
     assert float(siglip.init.params["logit_bias"]) == -10.0 and siglip.model.config.init_logit_bias == -10.0
     with pytest.raises(ValueError, match=r"config.model.init_from = 'tiny' is invalid: expected a converted folder"):
         plan(tiny_config(**{"model.init_from": "tiny"}))
+
+
+def test_reduction_config_reaches_the_schedule_with_r_exact_counts_and_protected_tokens():
+    """Every schedule option of the registry can be set from the config: ToMe's r (decreasing), exact keep
+    counts and learnable tokens; keep and keep_ratios together are refused, naming the key."""
+    from elip_jax.train.setup import build_model
+
+    config = smoke.get_config("tome")
+    config.reduction.r, config.reduction.decreasing = 4, True
+    validate_config(config)
+    assert build_model(config).reduction.tokens_per_block() == [65, 57, 52, 49]
+
+    config = smoke.get_config("evit")
+    config.reduction.begin_layers, config.reduction.keep, config.reduction.protected = (1,), (40,), 2
+    validate_config(config)
+    schedule = build_model(config).reduction
+    assert schedule.keep == (40,) and schedule.protected == 2
+    assert schedule.tokens_per_block() == [67, 44, 44, 44]  # CLS + 64 patches + 2; then CLS + 40 + merged + 2
+
+    config.reduction.keep_ratios = (0.5,)
+    with pytest.raises(ValueError, match="config.reduction.keep"):
+        validate_config(config)

@@ -91,7 +91,7 @@ def saving(value, baseline, noun: str) -> str:
 def cost_lines(results: dict, batch_size: int) -> list[str]:
     baseline = results["none"]
     methods = [m for m in results if m != "none"]
-    title = f"what {methods[0]} saves" if methods else "the cost of"
+    title = f"what {methods[0]} saves" if methods else "what the unpruned model costs"
     lines = [f"{title} per training step (global batch {batch_size}), per device, from XLA's analysis of the "
              "compiled step:"]
     for name, r in results.items():

@@ -28,10 +28,14 @@ def base_config() -> ml_collections.ConfigDict:
         init_from="",  # a directory written by `python -m elip_jax.convert` (continued training)
     ))
     c.reduction = ml_collections.ConfigDict(dict(
-        method="elip",  # one of elip_jax.reduction.METHODS
+        method="elip",  # a registered method: elip_jax.reduction.registered_methods()
         begin_layers=(),  # (): the default schedule for the tower's depth (2, 4, 10 for 12 blocks)
         keep_ratios=(),  # (): (0.9, 0.65, 0.4), of the original patch count
+        keep=(),  # exact patch counts per stage instead of keep_ratios, e.g. (118,)
         mix=0.8,  # lambda of the text-mixed CLS in the look-ahead
+        r=-1,  # ToMe: tokens merged in every block; -1: the method's default for the tower
+        decreasing=False,  # ToMe: r falls linearly from 2r to 0 over the blocks
+        protected=0,  # learnable tokens after the patches, never pruned or merged
     ))
     c.data = default_data_config()
     c.data.data_dir = ""  # "": the default data directory ($ELIP_JAX_DATA_DIR or ~/.cache/elip_jax/...)
@@ -91,9 +95,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     positive_int("model.image_size", c.model.image_size, 0)
     if c.reduction.method not in registered_methods():
         _fail("reduction.method", c.reduction.method, f"one of {registered_methods()}")
-    if len(c.reduction.begin_layers) != len(c.reduction.keep_ratios) and c.reduction.begin_layers:
-        _fail("reduction.keep_ratios", c.reduction.keep_ratios,
-              f"one ratio per begin layer {tuple(c.reduction.begin_layers)}")
+    counts = "keep" if c.reduction.keep else "keep_ratios"
+    if c.reduction.keep and c.reduction.keep_ratios:
+        _fail("reduction.keep", c.reduction.keep, "empty when reduction.keep_ratios is given (one or the other)")
+    if len(c.reduction.begin_layers) != len(c.reduction[counts]) and c.reduction.begin_layers:
+        _fail(f"reduction.{counts}", c.reduction[counts],
+              f"one entry per begin layer {tuple(c.reduction.begin_layers)}")
     positive_int("batch_size", c.batch_size)
     positive_int("num_steps", c.num_steps)
     if c.loss not in LOSSES:

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from elip_jax import data as data_lib
+from elip_jax import checkpoints, data as data_lib
 from elip_jax.accounting import xla_flops, xla_temp_bytes
 from elip_jax.models.clip import CLIP, schedule_for
 from elip_jax.models.config import CLIPConfig, get_config
@@ -78,6 +77,14 @@ def build_model(config, init: Optional[Init] = None) -> CLIP:
         options["begin_layers"] = tuple(r.begin_layers)
     if r.keep_ratios:
         options["keep_ratios"] = tuple(r.keep_ratios)
+    if r.keep:
+        options["keep"] = tuple(r.keep)
+    if r.r >= 0:
+        options["r"] = r.r
+    if r.decreasing:
+        options["decreasing"] = True
+    if r.protected:
+        options["protected"] = r.protected
     try:
         schedule = schedule_for(model_config, options)
     except ValueError as error:
@@ -164,16 +171,12 @@ def step_costs(compiled, config) -> tuple[Optional[float], Optional[int]]:
 
 
 def prepare_data_config(config):
+    """The data config with the dataset's canonical name and the folder that holds it (the built-in dataset is
+    generated there on first use, by process 0 while the others wait)."""
     data_config = config.data.copy_and_resolve_references()
     with data_config.unlocked():
-        data_config.data_dir = config.data.data_dir or None
-        name, _, variant = data_config.name.partition("/")
-        if name == data_lib.BUILTIN_DATASET:  # generated offline on first use
-            build = lambda: data_lib.prepare_builtin(data_config.data_dir, config=variant or "full")
-            if jax.process_index() == 0:
-                build()
-            multihost_utils.sync_global_devices("builtin dataset ready")
-            data_config.data_dir = build()  # already built: a lookup
+        data_config.name = data_lib.canonical_name(data_config.name)
+        data_config.data_dir = data_lib.resolve_data_dir(data_config.name, config.data.data_dir or None)
     return data_config
 
 
@@ -287,6 +290,7 @@ def setup(config, workdir: str) -> TrainContext:
         start_step = int(state.step)
         if jax.process_index() == 0:
             resume.write_records(workdir, config.to_dict(), model_record, start_step)
+            checkpoints.write_reduction(workdir, p.model.reduction)  # loading the workdir restores the schedule
         compiled, flops, temp_bytes = compile_or_recall(p, state, start_step, workdir)
     except BaseException:
         train_iter.close()
