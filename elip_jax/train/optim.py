@@ -82,7 +82,7 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     steps.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
     steps.append(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask))
     adamw = optax.chain(*steps)
-    frozen = tuple(optim.get("frozen", ()) or ())
+    frozen = tuple(getattr(optim, "frozen", ()) or ())  # a ConfigDict, or any namespace of the same fields
     if not frozen:
         return adamw
     return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
