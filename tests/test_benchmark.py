@@ -33,6 +33,7 @@ def full_step_run(tmp_path_factory):
     return run_cli(tmp_path_factory.mktemp("full"), ["--methods", "elip", "--programs", "full_step"])[0]
 
 
+@pytest.mark.slow
 def test_json_has_every_field(run):
     result, _ = run
     for key in ("schema_version", "model", "config", "batch", "image_size", "dtype", "remat", "backend",

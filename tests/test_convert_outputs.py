@@ -147,6 +147,7 @@ def test_command_line_errors_are_one_line(tmp_path, params, elip_folder):
     assert not (tmp_path / "hf").exists() and not (tmp_path / "oc").exists()
 
 
+@pytest.mark.slow
 def test_a_training_workdir_exports_to_hf_and_open_clip(tmp_path):
     """`--to hf|open_clip --input WORKDIR` used to fail: only converted folders were read."""
     import orbax.checkpoint as ocp

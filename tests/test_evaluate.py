@@ -193,6 +193,7 @@ def test_classifier_is_normalised_mean_of_normalised_prompt_embeddings(tiny):
     np.testing.assert_allclose(class_embeddings_from_prompts(reference.repeat(2, 0), 3), reference, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_real_model_sharded_results_match_unsharded_numpy(tiny):
     """Tiny CLIP on 1 and 8 devices: same metrics, equal to NumPy from features computed without sharding."""
     model, variables = tiny

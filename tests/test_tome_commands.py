@@ -24,6 +24,7 @@ def run(tmp_path, data_dir, *args):
     return payload
 
 
+@pytest.mark.slow
 def test_evaluate_with_tome_and_its_r_sweep(tmp_path, data_dir):
     plain = run(tmp_path, data_dir, "--task", "zeroshot_retrieval")
     merged = run(tmp_path, data_dir, "--task", "zeroshot_retrieval", "--reduction", "tome")
@@ -56,6 +57,7 @@ def test_a_bad_tome_sweep_is_one_line(tmp_path, data_dir, capsys, args, message)
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow
 def test_training_with_tome_runs_and_logs_its_tokens(tmp_path, data_dir):
     from elip_jax.train.loop import train
 

@@ -113,6 +113,7 @@ def _step_setup(accum=1, lr=1e-3):
     return jax.jit(step), init_state(params, tx, 0), {"images": images, "tokens": jnp.asarray(tokens)}
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_skips_the_update_and_is_counted():
     step, state, batch = _step_setup()
     poisoned = jax.tree_util.tree_map(lambda x: x, state)
@@ -135,6 +136,7 @@ def test_logit_scale_is_clamped_at_100():
     assert float(metrics["logit_scale"]) == pytest.approx(100.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_averages_micro_batch_gradients():
     step1, state, batch = _step_setup(accum=1)
     step2, _, _ = _step_setup(accum=2)
@@ -224,6 +226,7 @@ def test_a_save_on_a_full_disk_is_reported_and_earlier_checkpoints_stay_intact(t
     assert result["latest"] == 1 and result["w"] == [0.0, 1.0, 2.0, 3.0] and result["data"] == {"position": 1}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops_and_a_rerun_finishes(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     proc = run_cli(workdir, data_dir, "--config.num_steps=400", "--config.checkpoint.every_steps=1000", wait=False)
@@ -239,6 +242,7 @@ def test_sigterm_saves_and_stops_and_a_rerun_finishes(data_dir, tmp_path):
     assert saved is not None and 1 <= saved < 400
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
     steps = 12
     interrupted = str(tmp_path / "interrupted")
@@ -264,6 +268,7 @@ def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
             assert losses(interrupted)[step] == loss
 
 
+@pytest.mark.slow
 def test_restoring_onto_a_different_number_of_devices(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     run_cli(workdir, data_dir, "--config.num_steps=4", "--config.mesh.fsdp=2", "--config.param_sharding=fsdp",
@@ -278,6 +283,7 @@ def test_restoring_onto_a_different_number_of_devices(data_dir, tmp_path):
     assert sorted(losses(workdir)) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_losses_of_one_process(data_dir, tmp_path):
     """2 processes x 2 CPU devices over gloo against 1 process x 4 devices, same global batch."""
     single = str(tmp_path / "single")

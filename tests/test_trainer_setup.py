@@ -79,6 +79,7 @@ def _leaves(tree):
     return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@pytest.mark.slow
 def test_freezing_all_but_one_group_leaves_the_others_bit_identical_and_without_optimizer_state():
     step, state, batch = _tiny_step(frozen=("^text/", "^visual/(?!proj$)", "^logit_scale$"))
     before = _leaves(jax.device_get(state.params))

@@ -283,6 +283,7 @@ def test_the_module_command_exits_2_with_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- tome
 
+@pytest.mark.slow
 def test_tome_merges_are_traced_back_to_the_patches_every_token_holds():
     import jax
     import elip_jax
@@ -316,6 +317,7 @@ def test_merge_panel_paints_a_merged_token_in_its_mean_colour_and_leaves_lone_pa
     np.testing.assert_array_equal(cells[2], display[32:, :32])
 
 
+@pytest.mark.slow
 def test_cli_draws_tome_merges(tmp_path):
     image_path, out = _write_chelsea(tmp_path), tmp_path / "tome.png"
     assert vis.main(["--image", str(image_path), "--caption", "a cat", "--out", str(out), "--model", "tiny-12",
