@@ -5,18 +5,19 @@ data_dir, batch_size, every_steps (0: only at the end of training) and keys:
     evals.cifar10 = dict(type="zeroshot_classification", dataset="cifar10", split="test", batch_size=256,
                          every_steps=5000, label_key="label")
     evals.coco = dict(type="zeroshot_retrieval", dataset="coco_captions", split="val", text_key="captions")
-The model is fitted to the evaluation's reduction ('none' or 'evit': ELIP never guides with the ground truth)
-once, when the evaluator is built.
+The model is fitted to the evaluation's reduction (a method of elip_jax.reduction.evaluation_methods(): text-guided
+ones do not prune there, ELIP never guides with the ground truth) once, when the evaluator is built.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
+from elip_jax.reduction import evaluation_methods
+
 # the keys every evaluator takes, with their defaults; a type adds its own keys (EVALUATORS[type].keys)
 COMMON_KEYS = dict(type="", dataset="", split="test", data_dir="", batch_size=256, every_steps=0, image_key="image",
                    reduction="none")
-EVAL_REDUCTIONS = ("none", "evit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +71,9 @@ def settings_of(name: str, entry) -> dict:
         value, minimum = settings[key], 1 if key == "batch_size" else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"config.evals.{name}.{key} = {value!r} is invalid: expected an int >= {minimum}")
-    if settings["reduction"] not in EVAL_REDUCTIONS:
+    if settings["reduction"] not in evaluation_methods():
         raise ValueError(f"config.evals.{name}.reduction = {settings['reduction']!r} is invalid: expected one of "
-                         f"{EVAL_REDUCTIONS}")
+                         f"{evaluation_methods()}")
     return settings
 
 

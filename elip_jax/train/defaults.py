@@ -12,7 +12,7 @@ import ml_collections
 
 from elip_jax.data import default_data_config
 from elip_jax.models.config import ARCHITECTURES, ALIASES, DTYPES
-from elip_jax.reduction import registered_methods
+from elip_jax.reduction import evaluation_methods, registered_methods
 from elip_jax.train.losses import LOSSES
 from elip_jax.train.sharding import check_rules
 
@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
         datasets=("",),  # TFDS names for zero-shot classification; "" -> the training dataset if it has labels
         split="test",
         batch_size=256,
-        reduction="none",  # 'none' or 'evit' at evaluation; ELIP never guides with the ground truth
+        reduction="none",  # any of elip_jax.reduction.evaluation_methods(); ELIP never guides with the ground truth
         data_dir="",  # TFDS data_dir of the evaluation datasets ("": TFDS's default)
     ))
     # named evaluators (elip_jax/evaluate/evaluators.py), e.g. evals.cifar10 = dict(type="zeroshot_classification",
@@ -137,8 +137,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     positive_int("log_every_steps", c.log_every_steps)
     positive_int("eval.every_steps", c.eval.every_steps, 0)
     positive_int("eval.batch_size", c.eval.batch_size)
-    if c.eval.reduction not in ("none", "evit"):
-        _fail("eval.reduction", c.eval.reduction, "'none' or 'evit'")
+    if c.eval.reduction not in evaluation_methods():
+        _fail("eval.reduction", c.eval.reduction, f"one of {evaluation_methods()}")
     from elip_jax.evaluate.evaluators import validate_evals
     validate_evals(c.get("evals", {}))
     if not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 31:
