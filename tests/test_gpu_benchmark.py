@@ -67,8 +67,9 @@ def test_train_step_every_method_against_none_from_the_same_run(smoke):
     train = document["train"]
     from elip_jax.reduction import METHODS
     assert list(train["methods"]) == ["none"] + [m for m in METHODS if m != "none"]
-    # the GPU image lacks the data pipeline's modules: the trainer's own step is imported without them
-    assert train["trainer_step"].startswith("elip_jax.train.step") and "normalize" in train["trainer_step"]
+    # the GPU image lacks the data pipeline's modules: the trainer's own step imports without them (the package
+    # fronts are lazy, so no stand-in for elip_jax.data is needed)
+    assert train["trainer_step"] == "elip_jax.train.step"
     peak = document["peak"]["flops_per_s"]
     assert peak > 0
     none = train["methods"]["none"]
