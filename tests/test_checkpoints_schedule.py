@@ -79,8 +79,10 @@ def test_with_reduction_carries_the_new_methods_parameters():
     trained_model, trained = variables_of(PROTECTED, seed=3)
     plain_model = with_reduction(trained_model, "none")
     assert plain_model.reduction.method == "none"  # without variables: the model alone, as before
-    plain_model, plain = with_reduction(trained_model, "none", trained)
-    assert "learnable_tokens" not in plain["params"]["visual"]  # only the old schedule had them
+    kept_model, kept = with_reduction(trained_model, "none", trained)  # learnable tokens belong to the weights
+    assert kept_model.reduction.protected == 2 and "learnable_tokens" in kept["params"]["visual"]
+    plain_model, plain = with_reduction(trained_model, {"method": "none", "protected": 0}, trained)
+    assert "learnable_tokens" not in plain["params"]["visual"]  # named away: only the old schedule had them
     back_model, back = with_reduction(plain_model, PROTECTED, trained)  # taken from the variables given
     assert_same_tree(back, trained)
     fresh_model, fresh = with_reduction(plain_model, PROTECTED, plain, seed=1)  # none given: initialised

@@ -116,13 +116,14 @@ def load_pretrained(directory, reduction=None, seed: int = 0, **options):
     variables is {'params': tree} of float32 jax arrays, ready for `model.apply(variables, ...)`.
     reduction: None restores the saved schedule; else as in `create_model` ('none', 'elip', a dict or a
     ReductionSchedule): the backbone is kept, parameters the new schedule's method owns are taken from the
-    folder when it has them, else initialised with `seed`. options: the runtime options dtype ('bfloat16', ...)
+    folder when it has them, else initialised with `seed`; learnable visual tokens are kept unless the new
+    options name their own count (`keeping_tokens`). options: the runtime options dtype ('bfloat16', ...)
     and remat. Shape fields cannot change here: re-convert with --image-size to change the resolution.
     """
     import jax
     import jax.numpy as jnp
     from elip_jax.checkpoints.params import fit_variables
-    from elip_jax.models.clip import CLIP, schedule_for
+    from elip_jax.models.clip import CLIP, keeping_tokens, schedule_for
     from elip_jax.models.config import resolve_dtype
     config, _ = read_config(directory)
     unknown = set(options) - set(RUNTIME_OPTIONS)
@@ -135,6 +136,6 @@ def load_pretrained(directory, reduction=None, seed: int = 0, **options):
     saved = schedule_for(config, read_reduction(directory))
     params = load_params(directory)
     check_param_shapes(params, config, saved, error=CheckpointError)
-    model = CLIP(config, saved if reduction is None else schedule_for(config, reduction))
+    model = CLIP(config, saved if reduction is None else schedule_for(config, keeping_tokens(reduction, saved)))
     variables = fit_variables(model, {"params": params}, seed)
     return model, jax.tree.map(jnp.asarray, variables)

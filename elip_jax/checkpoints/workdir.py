@@ -149,7 +149,7 @@ def load_workdir(workdir: str, step: Optional[int] = None, reduction=None, seed:
     dtype='bfloat16'.
     """
     from elip_jax.checkpoints.params import fit_variables
-    from elip_jax.models.clip import CLIP, schedule_for
+    from elip_jax.models.clip import CLIP, keeping_tokens, schedule_for
     if not is_workdir(workdir):
         raise ValueError(f"{workdir!r} is not a training workdir: expected {MODEL_CONFIG_FILE} and "
                          f"{CHECKPOINTS_DIR}/ as written by `python -m elip_jax.train`")
@@ -169,6 +169,6 @@ def load_workdir(workdir: str, step: Optional[int] = None, reduction=None, seed:
         raise ValueError(f"{workdir!r} has no finished checkpoint yet")
     params, step = restore_newest(checkpoints_dir, lambda s: restore_params(os.path.join(checkpoints_dir, str(s))),
                                   steps)
-    saved = read_reduction(workdir)
-    model = CLIP(config, schedule_for(config, saved if reduction is None else reduction))
+    saved = schedule_for(config, read_reduction(workdir))
+    model = CLIP(config, saved if reduction is None else schedule_for(config, keeping_tokens(reduction, saved)))
     return model, fit_variables(model, {"params": params}, seed), step

@@ -27,9 +27,10 @@ def with_reduction(model, reduction, variables: Optional[dict] = None, seed: int
     ReductionSchedule). A method may own parameters (a scorer's, learnable tokens): pass the variables, and
     those the new model's init creates are taken from them when present (e.g. a trained predictor's), else
     initialised with `seed`; the backbone is kept as is and parameters only the old schedule had are dropped.
+    The model's learnable visual tokens stay unless the options name their own count (models.keeping_tokens).
     """
-    from elip_jax.models import CLIP, schedule_for
-    new_model = CLIP(model.config, schedule_for(model.config, reduction))
+    from elip_jax.models import CLIP, keeping_tokens, schedule_for
+    new_model = CLIP(model.config, schedule_for(model.config, keeping_tokens(reduction, model.reduction)))
     if variables is None:
         return new_model
     from elip_jax.checkpoints.params import fit_variables

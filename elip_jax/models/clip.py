@@ -109,6 +109,18 @@ def create_model(name: str, reduction: Optional[ReductionSchedule | str | dict] 
     return CLIP(config, schedule_for(config, reduction))
 
 
+def keeping_tokens(reduction, current: Optional[ReductionSchedule]):
+    """`reduction` (a name, a dict, a schedule or None) for a model whose schedule is now `current`, keeping its
+    learnable visual tokens: they belong to the weights, not to the method, so switching methods (evaluating a
+    tuned folder with tome, a sweep) keeps their count unless the new options name their own `protected`.
+    A ReductionSchedule is taken as given; None stays None (the saved schedule)."""
+    if reduction is None or isinstance(reduction, ReductionSchedule) or current is None or not current.protected:
+        return reduction
+    options = {"method": reduction} if isinstance(reduction, str) else dict(reduction)
+    options.setdefault("protected", current.protected)
+    return options
+
+
 def schedule_for(config: CLIPConfig, reduction) -> ReductionSchedule:
     """Turns a method name, a dict of schedule options or a schedule into a schedule for this tower."""
     if reduction is None:

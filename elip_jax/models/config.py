@@ -35,6 +35,12 @@ class CLIPConfig:
     remat: bool = False  # rematerialise each block in the backward pass
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: Optional[float] = None  # SigLIP's learned bias (open_clip's init_logit_bias); None: none
+    # Learnable tokens (spec 3.4). Their COUNT in the vision tower is the reduction schedule's `protected` (the
+    # reduction must leave exactly those tokens alone, so the schedule owns the number); these two fields shape
+    # the rest of the architecture and travel with it in every folder's and workdir's model config.
+    deep_visual_tokens: bool = False  # VPT-deep: a fresh learned set replaces the learnable tokens before every
+    #                                   block after the first (params['visual']['deep_tokens'], [depth-1, n, D])
+    text_context_tokens: int = 0  # CoOp: n learned vectors right after SOT (params['text']['context_tokens'])
 
     def __post_init__(self):
         if self.activation not in ("quick_gelu", "gelu"):
@@ -44,6 +50,12 @@ class CLIPConfig:
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if isinstance(self.text_context_tokens, bool) or not isinstance(self.text_context_tokens, int) \
+                or not 0 <= self.text_context_tokens < self.context_length - 1:
+            raise ValueError(f"text_context_tokens must be an int in [0, {self.context_length - 2}] (SOT and EOT "
+                             f"must still fit in the context), got {self.text_context_tokens!r}")
+        if not isinstance(self.deep_visual_tokens, bool):
+            raise ValueError(f"deep_visual_tokens must be true or false, got {self.deep_visual_tokens!r}")
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"),
                                     (self.text_width, self.text_heads, "text")):
             if width % heads:

@@ -29,7 +29,10 @@ class VisionTransformer(nn.Module):
     The method is the schedule's registered `ReductionMethod`; this tower asks it, never its name. Its scorer, a
     Flax module, is `reduction_scorer` here, so a scorer's parameters live at params['visual']['reduction_scorer'].
     A schedule with `protected` tokens gives the tower that many learnable tokens (params['visual']
-    ['learnable_tokens'], [protected, D]) appended after the patches, never pruned or merged.
+    ['learnable_tokens'], [protected, D]) appended after the patches, never pruned or merged. With
+    `config.deep_visual_tokens` (VPT-deep) the tail of `protected` tokens is replaced before every block i >= 1
+    by a fresh learned set (params['visual']['deep_tokens'][i - 1]): every reduction keeps those tokens last, so
+    the replacement is a slice whatever the method did to the tokens before them.
 
     Decisions are sown into the 'intermediates' collection, for tests and pictures: between blocks, one entry per
     active stage of `kept_indices` (kept candidate positions) and `scores` (the candidates' scores); inside blocks,
@@ -50,6 +53,9 @@ class VisionTransformer(nn.Module):
         if self.reduction.protected:
             self.learnable_tokens = self.param("learnable_tokens", normal(scale),
                                                (self.reduction.protected, c.vision_width))
+            if c.deep_visual_tokens and c.vision_layers > 1:
+                self.deep_tokens = self.param("deep_tokens", normal(scale),
+                                              (c.vision_layers - 1, self.reduction.protected, c.vision_width))
         self.ln_pre = LayerNorm(dtype=c.compute_dtype)
         self.blocks = make_blocks(c, c.vision_width, c.vision_heads, c.vision_layers)
         self.ln_post = LayerNorm(dtype=c.compute_dtype)
@@ -93,9 +99,22 @@ class VisionTransformer(nn.Module):
             else:
                 x = self._prune_between_blocks(x, guide, rng)
         else:
-            for block in self.blocks:
-                x = block(x)
+            for i, block in enumerate(self.blocks):
+                x = block(self.enter_block(x, i))
         return self.ln_post(x[:, 0]).astype(jnp.float32) @ self.proj
+
+    @property
+    def deep(self) -> bool:
+        return bool(self.reduction.protected) and self.config.deep_visual_tokens and self.config.vision_layers > 1
+
+    def enter_block(self, x, i: int):
+        """The tokens entering block i: VPT-deep swaps the protected tail for block i's learned set (i >= 1);
+        otherwise x itself (no op is traced, so a model without deep tokens computes exactly what it did)."""
+        if not self.deep or i == 0:
+            return x
+        protected = self.reduction.protected
+        fresh = jnp.broadcast_to(self.deep_tokens[i - 1].astype(x.dtype), (x.shape[0], protected, x.shape[2]))
+        return jnp.concatenate([x[:, :-protected], fresh], axis=1)
 
     def _prune_between_blocks(self, x, guide, rng):
         schedule = self.reduction
@@ -104,6 +123,7 @@ class VisionTransformer(nn.Module):
         guide_vec = self.guide_to_width(guide) if guide is not None and method.text_guided else None
         cls_attention = None
         for i, block in enumerate(self.blocks):
+            x = self.enter_block(x, i)
             if i in begin:
                 s = begin[i]
                 inputs = StageInputs(x, self.blocks[i:schedule.group_end(s)], schedule.mix, guide_vec, cls_attention,
@@ -122,7 +142,8 @@ class VisionTransformer(nn.Module):
         """ToMe: merge r[i] tokens in block i between its attention and MLP branches (elip_jax.reduction.tome)."""
         schedule = self.reduction
         sizes = None
-        for block, r in zip(self.blocks, schedule.r):
+        for i, (block, r) in enumerate(zip(self.blocks, schedule.r)):
+            x = self.enter_block(x, i)  # protected tokens stay last with size 1: the sizes still line up
             x, sizes, matching = tome.tome_block(block, x, sizes, r, schedule.protected)
             if matching is not None:
                 self.sow("intermediates", "tome_matchings", matching)
@@ -130,7 +151,13 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """Causal text encoder pooled at the EOT token (the highest id in each row)."""
+    """Causal text encoder pooled at the EOT token (the highest id in each row).
+
+    With `config.text_context_tokens` = n (CoOp), n learned vectors (params['text']['context_tokens'], [n, W])
+    sit right after SOT: [SOT, ctx_1..ctx_n, the rest], cut to the context length, positional embeddings added
+    to the new positions, pooled at the EOT's new position. Where the cut would drop the EOT (a caption that
+    filled the context) the last position holds the EOT, as the tokenizer truncates.
+    """
 
     config: CLIPConfig
 
@@ -140,6 +167,8 @@ class TextTransformer(nn.Module):
                                         dtype=c.compute_dtype, param_dtype=jnp.float32)
         self.positional_embedding = self.param("positional_embedding", normal(0.01),
                                                (c.context_length, c.text_width))
+        if c.text_context_tokens:
+            self.context_tokens = self.param("context_tokens", normal(0.02), (c.text_context_tokens, c.text_width))
         self.blocks = make_blocks(c, c.text_width, c.text_heads, c.text_layers, causal=True)
         self.ln_final = LayerNorm(dtype=c.compute_dtype)
         self.text_projection = self.param("text_projection", normal(c.text_width ** -0.5),
@@ -147,10 +176,28 @@ class TextTransformer(nn.Module):
 
     def __call__(self, tokens):
         """tokens [B, L] int, L <= context_length -> text features [B, E] (not normalised)."""
-        length = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.config.compute_dtype)
+        eot_index = jnp.argmax(tokens, axis=-1)
+        x = self.token_embedding(tokens)
+        if self.config.text_context_tokens:
+            x, eot_index = self.insert_context(x, eot_index)
+        length = x.shape[1]
+        x = x + self.positional_embedding[:length].astype(self.config.compute_dtype)
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)
-        eot = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
+        eot = x[jnp.arange(x.shape[0]), eot_index]
         return eot.astype(jnp.float32) @ self.text_projection
+
+    def insert_context(self, embedded, eot_index):
+        """[B, L, W] token embeddings -> ([B, min(L + n, context), W] with the context after SOT, the EOT's
+        position there)."""
+        n = self.config.text_context_tokens
+        batch, length, _ = embedded.shape
+        rows = jnp.arange(batch)
+        context = jnp.broadcast_to(self.context_tokens.astype(embedded.dtype), (batch, n, embedded.shape[2]))
+        x = jnp.concatenate([embedded[:, :1], context, embedded[:, 1:]], axis=1)
+        new_length = min(length + n, self.config.context_length)
+        x = x[:, :new_length]
+        eot_after = jnp.minimum(eot_index + n, new_length - 1)
+        x = x.at[rows, eot_after].set(embedded[rows, eot_index])  # the same value unless the cut dropped it
+        return x, eot_after
