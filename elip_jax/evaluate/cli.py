@@ -19,7 +19,6 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-import jax
 
 from elip_jax.command_line import ArgumentParser, UsageError, check_output_file, run_command
 from elip_jax.evaluate import evaluator, sources
@@ -47,16 +46,6 @@ def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optio
         return checkpoints.load(pretrained_or_workdir, **overrides)
     get_config(model_name)  # an unknown name: the error lists the known ones
     return checkpoints.load(model_name, seed=seed, **overrides)
-
-
-def random_variables(model, seed: int = 0):
-    """Randomly initialised parameters (smoke tests and throughput benchmarks)."""
-    import jax.numpy as jnp
-
-    size = model.config.image_size
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    tokens = jnp.zeros((1, model.config.context_length), jnp.int32)
-    return jax.jit(model.init)(jax.random.PRNGKey(seed), images, tokens)
 
 
 def parse_ints(text: Optional[str], flag: str = "the list"):
@@ -96,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token reduction in the image tower at evaluation. Text-guided methods (elip, "
                         "elip_inline) get no guide at evaluation, so they do not prune (recorded as "
                         "prunes_at_eval: false)")
+    p.add_argument("--predictor", default=None,
+                   help="a folder holding a trained predictor for --reduction (from `python -m "
+                        "elip_jax.patch_ranking train-predictor` or tune-tokens): its scorer's parameters, and its "
+                        "learnable tokens if it has them, are laid over the model of --pretrained; its saved "
+                        "schedule is used unless --keep-ratios/--begin-layers are given")
     p.add_argument("--keep-ratios", default=None, help="comma-separated keep ratios, e.g. 0.9,0.65,0.4")
     p.add_argument("--begin-layers", default=None, help="comma-separated blocks to prune before, e.g. 2,4,10")
     p.add_argument("--reduction-sweep", default=None,
@@ -128,6 +122,9 @@ def check_arguments(args, mesh) -> dict:
     schedules = parse_sweep(args.reduction_sweep, sweep_method(args)) if args.reduction_sweep else None
     if schedules and args.begin_layers and get_method(sweep_method(args)).sweep_parameter == SWEEP_R:
         raise UsageError(f"--begin-layers does not apply to {sweep_method(args)}, which merges inside every block")
+    if args.predictor and not os.path.isdir(args.predictor):
+        raise UsageError(f"--predictor {args.predictor!r} is not a directory (a folder written by train-predictor "
+                         "or tune-tokens)")
     check_batch_size(args.batch_size, mesh)
 
     dataset, data_dir = sources.resolve_dataset(args.dataset, args.data_dir)
@@ -154,6 +151,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     checked = check_arguments(args, mesh)
     overrides = {"image_size": args.image_size} if args.image_size else {}
     model, variables, name = load_model(args.pretrained, model_name=args.model, seed=args.seed, **overrides)
+    reduction = {"method": sweep_method(args) if checked["schedules"] else args.reduction}
+    if not checked["schedules"]:  # a sweep sets its own keep ratios and begin layers per entry
+        if checked["keep_ratios"]:
+            reduction["keep_ratios"] = checked["keep_ratios"]
+        if checked["begin_layers"]:
+            reduction["begin_layers"] = checked["begin_layers"]
+    if args.predictor:
+        model, variables = with_predictor(model, variables, args.predictor, reduction)
+        name = f"{name}+{os.path.basename(os.path.normpath(args.predictor))}"
+    else:
+        reduced = evaluator.with_reduction(model, keeping_schedule(model, reduction))
+        if args.pretrained:  # a --model is random throughout: its scorer may be too (smoke tests)
+            check_learned_parameters(reduced, variables)
+        model, variables = evaluator.with_reduction(model, reduced.reduction, variables)
     common = dict(task=args.task, dataset=checked["dataset"], split=args.split, data_dir=checked["data_dir"],
                   batch_size=checked["batch_size"], mesh=mesh, image_key=args.image_key,
                   label_key=args.label_key, text_key=args.text_key)
@@ -162,11 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     if checked["schedules"]:
         method = sweep_method(args)
-        if get_method(method).sweep_parameter == SWEEP_R:
-            outcomes = sweep_r(model, variables, checked["schedules"], method, **common)
-        else:
-            outcomes = evaluator.reduction_sweep(model, variables, checked["schedules"], method=method,
-                                                 begin_layers=checked["begin_layers"], **common)
+        outcomes = evaluator.reduction_sweep(model, variables, checked["schedules"], method=method,
+                                             begin_layers=checked["begin_layers"], **common)
         typed = evaluator.typed_keep_schedules(args.reduction_sweep)
         records = [{**record(o, record_args), "keep_ratios_typed": t} for o, t in zip(outcomes, typed)]
         payload = {**record_args, "sweep": records}
@@ -177,18 +185,47 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             print(table)
         return payload
 
-    reduction = {"method": args.reduction}
-    if checked["keep_ratios"]:
-        reduction["keep_ratios"] = checked["keep_ratios"]
-    if checked["begin_layers"]:
-        reduction["begin_layers"] = checked["begin_layers"]
-    model = evaluator.with_reduction(model, reduction)
     payload = record(evaluator.evaluate(model, variables, **common), record_args)
     if is_main_process():
         write_json(args.output, payload)
         print({k: payload[k] for k in ("dataset", "model", "task", "metrics", "flops_per_image",
                                        "examples_per_second")})
     return payload
+
+
+def keeping_schedule(model, reduction: dict):
+    """The model's own saved schedule when the request names its method and nothing else (a predictor's layer and
+    keep count were chosen when it was trained); else the request."""
+    if set(reduction) == {"method"} and reduction["method"] == model.reduction.method:
+        return model.reduction
+    return reduction
+
+
+def with_predictor(model, variables, directory: str, reduction: dict):
+    """--predictor DIR laid over the model (elip_jax.checkpoints.overlay): DIR's saved schedule when the request
+    names only its method, else the request's options; one-line errors."""
+    from elip_jax.checkpoints.overlay import OverlayError, overlay
+    from elip_jax.checkpoints import read_reduction
+    saved = read_reduction(directory) if os.path.isfile(os.path.join(directory, "config.json")) else None
+    use_saved = set(reduction) == {"method"} and saved is not None and saved.get("method") == reduction["method"]
+    try:
+        return overlay(model, variables, directory, None if use_saved else reduction)
+    except OverlayError as error:
+        raise UsageError(str(error)) from None
+
+
+def check_learned_parameters(model, variables):
+    """A method whose scorer is learned needs its trained parameters: evaluating a freshly initialised one would
+    report a random predictor's accuracy as the method's."""
+    from elip_jax.checkpoints.overlay import method_parameter_names
+    from elip_jax.checkpoints.params import flat_shapes
+    owned = method_parameter_names(model)
+    if not owned:
+        return
+    held = flat_shapes(variables.get("params", variables))
+    if any(k not in held for k in owned):
+        raise UsageError(f"--reduction {model.reduction.method} needs its trained parameters ({owned[0]} ...): "
+                         "give --predictor DIR, or a --pretrained folder that holds them")
 
 
 def sweep_method(args) -> str:
@@ -216,22 +253,6 @@ def parse_sweep(text: str, method: str) -> list:
             raise UsageError(f"a {method} sweep entry is an int r ('9'), r falling to 0 ('16d') or one int per "
                              f"block ('4,4,2,0'); got {entry!r}") from None
     return options
-
-
-def sweep_r(model, variables, options, method: str, *, task: str, dataset: str, data_dir=None, mesh=None,
-            label_key: str = "label", **evaluate_kwargs) -> list[dict]:
-    """`evaluator.evaluate` once per r schedule; class embeddings or captions are computed once. Schedules are
-    validated before anything runs."""
-    models = [evaluator.with_reduction(model, {"method": method, **o}) for o in options]
-    shared = {}
-    if task == "zeroshot_classification":
-        shared["classifier"] = evaluator.classifier_for(model, variables, dataset, data_dir=data_dir,
-                                                        label_key=label_key, mesh=mesh)
-    else:
-        text_key = evaluate_kwargs.pop("text_key", None) or sources.default_text_key(dataset)
-        shared["captions"] = sources.read_captions(dataset, evaluate_kwargs.get("split", "test"), data_dir, text_key)
-    return [evaluator.evaluate(m, variables, task=task, dataset=dataset, data_dir=data_dir, mesh=mesh,
-                               label_key=label_key, **shared, **evaluate_kwargs) for m in models]
 
 
 def sweep_title(args, model_name: str, method: str) -> dict:

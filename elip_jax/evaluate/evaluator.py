@@ -107,18 +107,20 @@ def typed_keep_schedules(text: str) -> list[str]:
     return [part for part in (p.strip() for p in text.split(";")) if part]
 
 
-def reduction_sweep(model, variables, keep_schedules: Sequence[Sequence[float]], *, method: str = "evit",
+def reduction_sweep(model, variables, schedules: Sequence, *, method: str = "evit",
                     begin_layers: Optional[Sequence[int]] = None, task: str, dataset: str,
                     data_dir: Optional[str] = None, mesh: Optional[Mesh] = None, label_key: str = "label",
                     **evaluate_kwargs) -> list[dict]:
-    """`evaluate` once per keep schedule of `method`; class embeddings / captions are computed once.
+    """`evaluate` once per schedule of `method`; class embeddings / captions are computed once.
 
-    Returns one `evaluate` result per schedule, in order. Schedules are validated before anything runs.
+    schedules: what the method's sweep varies, one entry per run: keep-ratio tuples for the methods that prune
+    between blocks ((0.9, 0.65, 0.4)), or dicts of make_schedule options ({'r': 9}, {'r': 16, 'decreasing':
+    True}, {'keep': (38,)}); begin_layers applies to keep-ratio entries. Each model keeps `model`'s learnable
+    tokens and its method's parameters from `variables` (`with_reduction`). Returns one `evaluate` result per
+    schedule, in order. Schedules are validated before anything runs.
     """
     mesh = mesh or data_mesh()
-    models = [with_reduction(model, {"method": method, "keep_ratios": tuple(ratios),
-                                     **({"begin_layers": tuple(begin_layers)} if begin_layers else {})})
-              for ratios in keep_schedules]
+    runs = [with_reduction(model, sweep_options(method, entry, begin_layers), variables) for entry in schedules]
     dataset, data_dir = sources.resolve_dataset(dataset, data_dir)
     shared = {}
     if task == "zeroshot_classification":
@@ -128,5 +130,13 @@ def reduction_sweep(model, variables, keep_schedules: Sequence[Sequence[float]],
         text_key = evaluate_kwargs.pop("text_key", None) or sources.default_text_key(dataset)
         shared["captions"] = sources.read_captions(dataset, evaluate_kwargs.get("split", "test"), data_dir,
                                                    text_key)
-    return [evaluate(m, variables, task=task, dataset=dataset, data_dir=data_dir, mesh=mesh, label_key=label_key,
-                     **shared, **evaluate_kwargs) for m in models]
+    return [evaluate(m, v, task=task, dataset=dataset, data_dir=data_dir, mesh=mesh, label_key=label_key,
+                     **shared, **evaluate_kwargs) for m, v in runs]
+
+
+def sweep_options(method: str, entry, begin_layers: Optional[Sequence[int]] = None) -> dict:
+    """One sweep entry as make_schedule options: a dict is taken as is, a sequence is keep ratios."""
+    if isinstance(entry, dict):
+        return {"method": method, **entry}
+    return {"method": method, "keep_ratios": tuple(entry),
+            **({"begin_layers": tuple(begin_layers)} if begin_layers else {})}
