@@ -21,5 +21,5 @@ __all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "CONFIG_HISTORY_FILE", "CheckpointE
            "MODEL_CONFIG_FILE", "NoRestorableCheckpointError", "OverlayError", "ParamShapeError", "REDUCTION_FILE",
            "check_param_shapes", "checkpoint_steps", "expected_param_shapes", "fit_variables", "is_converted_folder",
            "is_workdir", "load", "load_params", "load_pretrained", "load_workdir", "method_parameter_names", "overlay",
-           "random_variables",           "read_config", "read_reduction", "restore_newest", "save_pretrained", "schedule_options", "short_reason",
-           "write_reduction"]
+           "random_variables", "read_config", "read_reduction", "restore_newest", "save_pretrained", "schedule_options",
+           "short_reason", "write_reduction"]
