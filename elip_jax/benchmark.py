@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 import elip_jax
 from elip_jax.command_line import ArgumentParser, check_output_file, run_command
+from elip_jax.checkpoints import fit_variables
 from elip_jax.accounting import analytic_image_flops, formulas, tokens_per_block, xla_flops, xla_temp_bytes
 from elip_jax.reduction import registered_methods
 from elip_jax.reduction.registry import GUIDE, RNG
@@ -124,25 +125,6 @@ class CompiledProgram:
     compiled: Any
     arguments: tuple
     compile_s: float
-
-
-def variables_for(model: elip_jax.CLIP, variables: dict, inputs: Inputs, seed: int) -> dict:
-    """The shared weights, plus whatever the method's own modules own (a learned scorer, learnable tokens):
-    those are initialised for this model and added, so every method runs the same CLIP weights."""
-    own = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), inputs.images, inputs.tokens))
-    if jax.tree_util.tree_structure(own) == jax.tree_util.tree_structure(variables):
-        return variables
-    fresh = model.init(jax.random.PRNGKey(seed), inputs.images, inputs.tokens)
-    return merge_missing(variables, fresh)
-
-
-def merge_missing(base: dict, extra: dict) -> dict:
-    """base with the entries only `extra` has (nested dicts); base's values win where both have one."""
-    merged = dict(extra)
-    for key, value in base.items():
-        merged[key] = merge_missing(value, extra[key]) if isinstance(value, dict) and isinstance(
-            extra.get(key), dict) else value
-    return merged
 
 
 def compile_program(name: str, model: elip_jax.CLIP, variables: dict, inputs: Inputs) -> CompiledProgram:
@@ -259,7 +241,9 @@ def run_benchmark(model_name: str = "ViT-B-16", methods: Optional[Sequence[str]]
     results, compiled = {}, {}
     for method, model in models.items():
         log(f"[{method}] compiling")
-        method_variables = variables_for(model, variables, inputs, seed)
+        # every method runs the same CLIP weights; what its own modules own (a learned scorer, learnable
+        # tokens) is initialised for it
+        method_variables = fit_variables(model, variables, seed)
         built = {name: compile_program(name, model, method_variables, inputs) for name in programs}
         compiled.update({(method, name): built[name] for name in TIMED_PROGRAMS if name in built})
         results[method] = analyse_method(model, built)

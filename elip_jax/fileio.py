@@ -53,18 +53,36 @@ def make_readable(root) -> None:
             os.chmod(os.path.join(folder, name), FILE_MODE)
 
 
+class ReplaceRefused(FileExistsError):
+    """`path` may not be replaced: it exists and overwrite was not given (`others` is empty), or it is a folder
+    that holds `others` besides what the new one `writes`. Callers with their own vocabulary (the converter's
+    --output, --overwrite) reword it from these fields; the decision itself is made only in check_replaceable."""
+
+    def __init__(self, path: Path, writes: Optional[tuple] = None, others: tuple = ()):
+        self.path, self.writes, self.others = path, tuple(sorted(writes or ())), tuple(others)
+        if others:
+            message = (f"{path} is replaced only if it holds a previous write of {', '.join(self.writes)}; "
+                       f"it also holds {self.listed_others()}")
+        else:
+            message = f"{path} already exists (choose another destination or overwrite it)"
+        super().__init__(message)
+
+    def listed_others(self, at_most: int = 5) -> str:
+        """The first few foreign names, enough to recognise the folder without flooding a one-line error."""
+        return ", ".join(self.others[:at_most]) + (" ..." if len(self.others) > at_most else "")
+
+
 def check_replaceable(final: Path, overwrite: bool, writes: Optional[tuple] = None) -> None:
-    """Raises FileExistsError when `final` exists and may not be replaced. writes: what the new folder holds;
-    an existing folder is replaced only if it holds nothing else (a previous write of the same kind), so a
-    mistyped destination with overwrite=True cannot delete a user's files."""
+    """Raises ReplaceRefused (a FileExistsError) when `final` exists and may not be replaced. writes: what the
+    new folder holds; an existing folder is replaced only if it holds nothing else (a previous write of the
+    same kind), so a mistyped destination with overwrite=True cannot delete a user's files."""
+    final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (choose another destination or overwrite it)")
+        raise ReplaceRefused(final)
     if final.is_dir() and writes is not None:
         others = sorted(set(os.listdir(final)) - set(writes))
         if others:
-            raise FileExistsError(f"{final} is replaced only if it holds a previous write of "
-                                  f"{', '.join(sorted(writes))}; it also holds {', '.join(others[:5])}"
-                                  f"{' ...' if len(others) > 5 else ''}")
+            raise ReplaceRefused(final, writes, tuple(others))
 
 
 @contextlib.contextmanager

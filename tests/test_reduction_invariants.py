@@ -261,7 +261,7 @@ def test_a_method_whose_scorer_owns_parameters_gets_them_under_visual_reduction_
         assert flops["scoring"] == 2 * PATCHES * WIDTH
         # the benchmark gives the method the shared CLIP weights plus its own scorer's parameters
         shared = variables()
-        merged = benchmark.variables_for(model, shared, benchmark.make_inputs(model.config, 2), 0)
+        merged = benchmark.fit_variables(model, shared, 0)  # what run_benchmark gives each method
         assert "reduction_scorer" in merged["params"]["visual"]
         np.testing.assert_array_equal(merged["params"]["visual"]["proj"], shared["params"]["visual"]["proj"])
     finally:

@@ -10,19 +10,21 @@ from pathlib import Path
 from typing import Optional
 
 from elip_jax.convert.errors import ConversionError
+from elip_jax.fileio import ReplaceRefused, check_replaceable
 
 
 def _check_target(final: Path, overwrite: bool, writes: Optional[tuple] = None):
     """writes: what the new folder holds; --overwrite replaces a folder only if it holds nothing else (a
-    previous conversion, or nothing), so a mistyped --output . --overwrite cannot delete a user's files."""
-    if final.exists() and not overwrite:
-        raise ConversionError(f"{final} already exists; choose another --output or pass --overwrite")
-    if final.is_dir() and writes is not None:
-        others = sorted(set(os.listdir(final)) - set(writes))
-        if others:
-            raise ConversionError(f"--overwrite replaces {final} only if it holds a previous conversion "
-                                  f"({', '.join(sorted(writes))}); it also holds {', '.join(others[:5])}"
-                                  f"{' ...' if len(others) > 5 else ''}: choose another --output")
+    previous conversion, or nothing), so a mistyped --output . --overwrite cannot delete a user's files. The
+    rule is fileio's (the one the writer applies again at the rename); only the words are the converter's."""
+    try:
+        check_replaceable(final, overwrite, writes)
+    except ReplaceRefused as refused:
+        if not refused.others:
+            raise ConversionError(f"{final} already exists; choose another --output or pass --overwrite") from None
+        raise ConversionError(f"--overwrite replaces {final} only if it holds a previous conversion "
+                              f"({', '.join(refused.writes)}); it also holds {refused.listed_others()}: "
+                              "choose another --output") from None
 
 
 def check_output(output, overwrite: bool, writes: tuple = (), inside: Optional[tuple] = None,
@@ -42,10 +44,9 @@ def check_output(output, overwrite: bool, writes: tuple = (), inside: Optional[t
         raise ConversionError(f"--output {output} is an existing file; expected a folder path")
     if inside is None:
         _check_target(final, overwrite, writes)
-    elif final.is_dir() and not overwrite:
+    elif final.is_dir():
         for name in inside:
-            if (final / name).exists():
-                raise ConversionError(f"{final / name} already exists; choose another --output or pass --overwrite")
+            _check_target(final / name, overwrite)
     ancestor = final if final.is_dir() else final.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
