@@ -3,6 +3,7 @@
   golden           greedy golden rankings of a TFDS split's images (elip_jax.patch_ranking.golden_cli)
   train-predictor  the predictor trained on them, CLIP frozen (elip_jax.patch_ranking.train_predictor)
   tune-tokens      learnable visual/text tokens, CLIP and predictor frozen (elip_jax.patch_ranking.tune_tokens)
+  benchmark-golden the golden search's key masking against gathering (elip_jax.patch_ranking.golden_benchmark)
 
 Each subcommand's module has `main(argv) -> int` and is imported only when asked for, so `--help` and a
 mistyped subcommand answer without importing JAX. Bad input: one line `error: ...`, exit code 2.
@@ -21,6 +22,8 @@ SUBCOMMANDS = {
     "golden": ("elip_jax.patch_ranking.golden_cli", "greedy golden rankings of a dataset split's images"),
     "train-predictor": ("elip_jax.patch_ranking.train_predictor", "train the patch predictor on golden rankings"),
     "tune-tokens": ("elip_jax.patch_ranking.tune_tokens", "few-shot learnable visual and text tokens"),
+    "benchmark-golden": ("elip_jax.patch_ranking.golden_benchmark",
+                         "golden search: key masking against gathering, measured"),
 }
 
 
