@@ -35,6 +35,12 @@ def variables(protected=0):
     return model.init(jax.random.key(0), images, tokens)
 
 
+def fitted(model, protected=0):
+    """The shared weights plus whatever the model's method owns (a learned scorer: patch_ranking's predictor)."""
+    from elip_jax.checkpoints import fit_variables
+    return fit_variables(model, variables(protected), 0)
+
+
 def keep_everything(method):
     """Schedule options under which the method keeps every token (by where the method reduces)."""
     spec = get_method(method)
@@ -104,9 +110,9 @@ def test_a_schedule_that_keeps_everything_is_the_unpruned_model_bit_for_bit(meth
 @pytest.mark.parametrize("method", REDUCING)
 def test_a_method_prunes_exactly_when_its_trigger_is_given(method):
     spec = get_method(method)
-    params = variables()
-    images, _, guide = inputs()
     model = elip_jax.create_model(NAME, reduction=method)
+    params = fitted(model)
+    images, _, guide = inputs()
     unpruned = elip_jax.create_model(NAME).apply(params, images, method="encode_image")
     for guide_given in (False, True):
         for rng_given in (False, True):
@@ -120,7 +126,7 @@ def test_a_method_prunes_exactly_when_its_trigger_is_given(method):
 @pytest.mark.parametrize("method", REDUCING)
 def test_one_trace_per_schedule_and_shape(method):
     model = elip_jax.create_model(NAME, reduction=method)
-    params = variables()
+    params = fitted(model)
     traces = []
 
     @jax.jit
@@ -139,7 +145,7 @@ def test_selection_adds_no_cross_device_traffic_with_a_sharded_batch(method):
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("data",))
     model = elip_jax.create_model(NAME, reduction=method)
-    params = jax.device_put(variables(), NamedSharding(mesh, P()))
+    params = jax.device_put(fitted(model), NamedSharding(mesh, P()))
     images, _, guide = inputs(batch=8)
     batch = NamedSharding(mesh, P("data"))
     images, guide = jax.device_put(images, batch), jax.device_put(guide, batch)
@@ -160,7 +166,7 @@ def test_cls_and_protected_tokens_are_never_pruned_or_merged(method):
     model = elip_jax.create_model(NAME, reduction={"method": method, "protected": protected})
     schedule = model.reduction
     assert schedule.input_tokens == 1 + PATCHES + protected and schedule.tokens_per_block()[-1] > protected
-    params = variables(protected)
+    params = fitted(model, protected)
     assert params["params"]["visual"]["learnable_tokens"].shape == (protected, WIDTH)
     images, _, guide = inputs()
     _, visual = encode(model, params, images, guide=guide, rng=jax.random.key(2))
@@ -188,7 +194,7 @@ def test_pruning_carries_cls_and_the_protected_tail_over_unchanged_and_the_merge
 @pytest.mark.parametrize("method", REDUCING)
 def test_no_gradient_reaches_the_guide_or_the_scores_and_every_block_gets_one(method):
     model = elip_jax.create_model(NAME, reduction=method)
-    params = variables()
+    params = fitted(model)
     images, _, guide = inputs()
     target = jax.random.normal(jax.random.key(9), (2, 32))
 
@@ -209,7 +215,7 @@ def test_no_gradient_reaches_the_guide_or_the_scores_and_every_block_gets_one(me
 @pytest.mark.parametrize("method", REDUCING)
 def test_tokens_entering_each_block_are_the_schedules(method):
     model = elip_jax.create_model(NAME, reduction=method)
-    params = variables()
+    params = fitted(model)
     images, _, guide = inputs()
     seen = []
 
