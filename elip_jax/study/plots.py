@@ -1,0 +1,210 @@
+"""The study's pictures, drawn with PIL (no plotting library in the runtime): accuracy against training FLOPs
+(one point per method and regime, error bars one standard deviation over seeds) and the training-loss curves
+(mean over seeds per method; equal steps against the step, every regime against training FLOPs)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from elip_jax.fileio import atomic_write_bytes
+
+COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+          (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+MARKERS = {"equal_steps": "circle", "equal_flops": "square", "equal_time": "triangle"}
+REGIME_LABELS = {"equal_steps": "equal steps", "equal_flops": "largest batch, equal FLOPs",
+                 "equal_time": "largest batch, equal time"}
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten)."""
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step) * step
+    ticks, value = [], start
+    while value <= hi + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < hi:
+        ticks.append(round(value, 12))
+    return ticks
+
+
+def tick_text(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+
+
+class Chart:
+    """Axes with ticks, a title and a legend beside the plot; data coordinates mapped to pixels."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, ylabel: str,
+                 size=(1000, 620), legend_width: int = 270):
+        self.image = Image.new("RGB", size, "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.left, self.top = 90, 60
+        self.right, self.bottom = size[0] - legend_width, size[1] - 70
+        self.xticks = nice_ticks(min(xs), max(xs))
+        self.yticks = nice_ticks(min(ys), max(ys))
+        self.legend_x, self.legend_y = self.right + 20, self.top
+        d, f = self.draw, font(15)
+        d.text(((self.left + self.right) / 2, 25), title, fill="black", font=font(18), anchor="mm")
+        d.rectangle([self.left, self.top, self.right, self.bottom], outline="black")
+        for x in self.xticks:
+            px = self.px(x)
+            d.line([px, self.top, px, self.bottom], fill=(230, 230, 230))
+            d.text((px, self.bottom + 8), tick_text(x), fill="black", font=f, anchor="mt")
+        for y in self.yticks:
+            py = self.py(y)
+            d.line([self.left, py, self.right, py], fill=(230, 230, 230))
+            d.text((self.left - 8, py), tick_text(y), fill="black", font=f, anchor="rm")
+        d.rectangle([self.left, self.top, self.right, self.bottom], outline="black")
+        d.text(((self.left + self.right) / 2, self.bottom + 40), xlabel, fill="black", font=font(16), anchor="mt")
+        label = Image.new("RGB", (self.bottom - self.top, 24), "white")
+        ImageDraw.Draw(label).text(((self.bottom - self.top) / 2, 12), ylabel, fill="black", font=font(16),
+                                   anchor="mm")
+        self.image.paste(label.rotate(90, expand=True), (12, self.top))
+
+    def px(self, x: float) -> float:
+        lo, hi = self.xticks[0], self.xticks[-1]
+        return self.left + (x - lo) / (hi - lo) * (self.right - self.left)
+
+    def py(self, y: float) -> float:
+        lo, hi = self.yticks[0], self.yticks[-1]
+        return self.bottom - (y - lo) / (hi - lo) * (self.bottom - self.top)
+
+    def marker(self, x: float, y: float, shape: str, color, radius: int = 7):
+        d = self.draw
+        if shape == "square":
+            d.rectangle([x - radius, y - radius, x + radius, y + radius], fill=color, outline="black")
+        elif shape == "triangle":
+            d.polygon([(x, y - radius - 1), (x - radius, y + radius), (x + radius, y + radius)], fill=color,
+                      outline="black")
+        else:
+            d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline="black")
+
+    def point(self, x: float, y: float, yerr: Optional[float], shape: str, color):
+        px, py = self.px(x), self.py(y)
+        if yerr:
+            top, bottom = self.py(y + yerr), self.py(y - yerr)
+            self.draw.line([px, top, px, bottom], fill=color, width=2)
+            self.draw.line([px - 6, top, px + 6, top], fill=color, width=2)
+            self.draw.line([px - 6, bottom, px + 6, bottom], fill=color, width=2)
+        self.marker(px, py, shape, color)
+
+    def line(self, points: Sequence[tuple], color, width: int = 2):
+        if len(points) > 1:
+            self.draw.line([(self.px(x), self.py(y)) for x, y in points], fill=color, width=width)
+
+    def legend(self, text: str, color, shape: Optional[str] = None):
+        x, y = self.legend_x, self.legend_y
+        if shape:
+            self.marker(x + 10, y + 9, shape, color, radius=6)
+        else:
+            self.draw.line([x, y + 9, x + 22, y + 9], fill=color, width=3)
+        self.draw.text((x + 30, y + 9), text, fill="black", font=font(15), anchor="lm")
+        self.legend_y += 26
+
+    def note(self, text: str):
+        self.draw.text((self.legend_x, self.legend_y + 6), text, fill=(90, 90, 90), font=font(13))
+        self.legend_y += 20
+
+    def save(self, path: str):
+        import io
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def flops_unit(values: Sequence[float]) -> tuple[float, str]:
+    top = max(values)
+    for scale, name in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP")):
+        if top >= scale:
+            return scale, name
+    return 1.0, "FLOP"
+
+
+def method_colors(methods: Sequence[str]) -> dict:
+    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+
+
+def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: str) -> bool:
+    """One point per (method, regime) with runs: mean top-1 against mean training FLOPs, error bar one std.
+    False (nothing drawn) when no run has both."""
+    points = []
+    for regime, entries in groups.items():
+        for method, g in entries.items():
+            if g["acc1"]["mean"] is not None and g["training_flops"]["mean"] and not g.get("alias"):
+                points.append((regime, method, g))
+    if not points:
+        return False
+    scale, unit = flops_unit([g["training_flops"]["mean"] for _, _, g in points])
+    xs = [g["training_flops"]["mean"] / scale for _, _, g in points]
+    ys = [100 * (g["acc1"]["mean"] + sign * (g["acc1"]["std"] or 0)) for _, _, g in points for sign in (-1, 1)]
+    pad_x = (max(xs) - min(xs)) * 0.08 or max(xs) * 0.05
+    chart = Chart([min(xs) - pad_x, max(xs) + pad_x], ys, title, f"training {unit} (all devices)",
+                  "zero-shot top-1 (%)")
+    colors = method_colors(methods)
+    for regime, method, g in points:
+        chart.point(g["training_flops"]["mean"] / scale, 100 * g["acc1"]["mean"],
+                    100 * g["acc1"]["std"] if g["acc1"]["std"] else None, MARKERS[regime], colors[method])
+    for method in methods:
+        if any(m == method for _, m, _ in points):
+            chart.legend(method, colors[method], "circle")
+    chart.legend_y += 10
+    for regime in MARKERS:
+        if any(r == regime for r, _, _ in points):
+            chart.legend(REGIME_LABELS[regime], (200, 200, 200), MARKERS[regime])
+    chart.note("bars: 1 std over seeds")
+    chart.save(path)
+    return True
+
+
+def mean_curve(curves: Sequence[Sequence[tuple]]) -> list[tuple]:
+    """The mean loss at the steps every curve logged."""
+    common = set.intersection(*(set(s for s, _ in c) for c in curves)) if curves else set()
+    by_step = [dict(c) for c in curves]
+    return [(s, sum(c[s] for c in by_step) / len(by_step)) for s in sorted(common)]
+
+
+def loss_curves(runs: Sequence[dict], methods: Sequence[str], path: str, title: str) -> bool:
+    """Mean training loss over seeds per (method, regime): solid equal steps, against training FLOPs so that the
+    large-batch runs (fewer steps) share the axis. False when no run logged a loss."""
+    series = {}
+    for run in runs:
+        result = run.get("result")
+        if not result or run.get("same_as") or not result["loss_curve"] or not result["flops_per_step_per_device"]:
+            continue
+        per_step = result["flops_per_step_per_device"] * result["devices"]
+        series.setdefault((run["regime"], run["method"]), []).append(
+            [(step * per_step, loss) for step, loss in result["loss_curve"]])
+    if not series:
+        return False
+    curves = {key: mean_curve(value) for key, value in series.items()}
+    curves = {key: value for key, value in curves.items() if value}
+    if not curves:
+        return False
+    scale, unit = flops_unit([x for c in curves.values() for x, _ in c])
+    xs = [x / scale for c in curves.values() for x, _ in c]
+    ys = [y for c in curves.values() for _, y in c]
+    chart = Chart([0, max(xs)], ys, title, f"training {unit} (all devices)", "training loss (mean over seeds)")
+    colors = method_colors(methods)
+    widths = {"equal_steps": 3, "equal_flops": 2, "equal_time": 1}
+    for (regime, method), curve in sorted(curves.items()):
+        chart.line([(x / scale, y) for x, y in curve], colors[method], widths[regime])
+    for method in methods:
+        if any(m == method for _, m in curves):
+            chart.legend(method, colors[method])
+    chart.legend_y += 10
+    for regime, width in widths.items():
+        if any(r == regime for r, _ in curves):
+            chart.note(f"{'thick' if width == 3 else 'medium' if width == 2 else 'thin'}: {REGIME_LABELS[regime]}")
+    chart.save(path)
+    return True
