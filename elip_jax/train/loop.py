@@ -23,13 +23,14 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def train(config, workdir: str, *, stop_after_steps: Optional[int] = None) -> dict:
+def train(config, workdir: str, *, stop_after_steps: Optional[int] = None, objective=None) -> dict:
     """Trains until config.num_steps (resuming from workdir's newest restorable checkpoint), returns the summary.
 
     Everything a user can get wrong is checked by `setup` before anything compiles or is written.
     stop_after_steps: stop early after this many steps of this call (tests of interrupted runs).
+    objective: what is trained (train/objectives.py); default contrastive pre-training on image-text pairs.
     """
-    ctx = setup(config, workdir)
+    ctx = setup(config, workdir, objective)
     writer = metrics_lib.MetricsWriter(workdir, config.num_steps, ctx.start_step)
     writer.message(f"elip_jax: {config.model.name} reduction={ctx.model.reduction.method} tokens per block "
                    f"{ctx.model.reduction.tokens_per_block() or 'unpruned'}; {jax.process_count()} process(es), "

@@ -4,6 +4,9 @@ in a `TrainContext` that the loop (loop.py) only steps with.
 
     plan(config)            model, loss, mesh, optimizer and the state's layout (no data, no workdir)
     setup(config, workdir)  the plan, the workdir's checks and records, data, checkpointer, state, evaluators
+
+Both take an `objective` (objectives.py): what the batch is and what the loss of a batch is; by default
+contrastive pre-training on image-text pairs (CLIP_PAIRS). An objective may bring its own data and evaluators.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from elip_jax.models.config import CLIPConfig, get_config
 from elip_jax.train import checkpointing, metrics as metrics_lib, resume, sharding
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.losses import Loss, get_loss
+from elip_jax.train.objectives import CLIP_PAIRS, Objective
 from elip_jax.train.optim import check_frozen, learning_rate_schedule, make_optimizer
 from elip_jax.train.step import TrainState, init_state, make_train_step
 
@@ -115,15 +119,28 @@ class Plan:
     lr_schedule: Callable
     abstract_state: Any
     state_shardings: Any
+    objective: Objective = CLIP_PAIRS
 
 
-def plan(config) -> Plan:
+def fit_init(model: CLIP, init: Init, seed: int) -> Init:
+    """A checkpoint's parameters with those the model's reduction method owns (a scorer's, learnable tokens)
+    added, freshly initialised with `seed` where the checkpoint has none (e.g. a predictor about to be trained)."""
+    if not init.from_checkpoint:
+        return init
+    fitted = checkpoints.fit_variables(model, {"params": init.params}, seed)["params"]
+    if fitted is init.params:
+        return init
+    return dataclasses.replace(init, params=jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), fitted))
+
+
+def plan(config, objective: Optional[Objective] = None) -> Plan:
     """Validates config and decides init, loss, optimizer (with its frozen groups) and shardings (with
     config.sharding_rules); raises ValueError naming the key before anything compiles."""
     validate_config(config)
     loss = get_loss(config.loss)
     init = decide_init(config, loss)
     model = build_model(config, init)
+    init = fit_init(model, init, config.seed)
     mesh = sharding.make_mesh(config.mesh)
     micro_batch = config.batch_size // config.optim.grad_accum_steps
     if micro_batch % mesh.size:  # else every micro-batch would move examples between devices
@@ -136,7 +153,7 @@ def plan(config) -> Plan:
     state_shardings = sharding.state_shardings(abstract_state, mesh, config.param_sharding,
                                                tuple(config.get("sharding_rules", ())))
     return Plan(config, init, model, loss, mesh, tx, learning_rate_schedule(config.optim, config.num_steps),
-                abstract_state, state_shardings)
+                abstract_state, state_shardings, objective or CLIP_PAIRS)
 
 
 def compile_train_step(p: Plan, state_like):
@@ -146,14 +163,12 @@ def compile_train_step(p: Plan, state_like):
     batch_sharding = sharding.batch_sharding(p.mesh)
     step_fn = jax.jit(make_train_step(model, p.tx, p.lr_schedule, loss_name=p.loss,
                                       logit_scale_max=config.logit_scale_max,
-                                      grad_accum_steps=config.optim.grad_accum_steps),
+                                      grad_accum_steps=config.optim.grad_accum_steps, objective=p.objective,
+                                      frozen=tuple(config.optim.get("frozen", ()))),
                       in_shardings=(p.state_shardings, batch_sharding),
                       out_shardings=(p.state_shardings, sharding.replicated(p.mesh)), donate_argnums=(0,))
-    c = model.config
-    batch_spec = {"images": jax.ShapeDtypeStruct((config.batch_size, c.image_size, c.image_size, 3), jnp.uint8,
-                                                 sharding=batch_sharding),
-                  "tokens": jax.ShapeDtypeStruct((config.batch_size, c.context_length), jnp.int32,
-                                                 sharding=batch_sharding)}
+    batch_spec = {name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=batch_sharding)
+                  for name, spec in p.objective.batch_spec(model, config.batch_size).items()}
     return step_fn.lower(state_like, batch_spec).compile()
 
 
@@ -270,18 +285,21 @@ def previous_summary(workdir: str) -> dict:
         return json.load(f)
 
 
-def setup(config, workdir: str) -> TrainContext:
+def setup(config, workdir: str, objective: Optional[Objective] = None) -> TrainContext:
     """Everything a user can get wrong (config values, the workdir, a resume that does not match the workdir, the
-    dataset, the evaluators) is checked before anything compiles, and before anything is written to the workdir."""
+    dataset, the evaluators) is checked before anything compiles, and before anything is written to the workdir.
+    objective: what is trained (objectives.py); default contrastive pre-training on image-text pairs."""
     validate_config(config)
     data_lib.validate_data_config(config.data)
-    p = plan(config)
+    p = plan(config, objective)
     resume.check_writable(workdir)
     model_record = dataclasses.asdict(p.model.config)
     resume.check_resumable(workdir, config.to_dict(), model_record)
-    data_config, train_iter = open_train_data(config, p)
+    data_config, train_iter = p.objective.open_data(config, p) or open_train_data(config, p)
     try:
-        evaluators = build_evaluators(config, p.model, data_config)
+        evaluators = p.objective.build_evaluators(config, p, data_config)
+        if evaluators is None:
+            evaluators = build_evaluators(config, p.model, data_config)
         checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                                   every_steps=config.checkpoint.every_steps,
                                                   keep=config.checkpoint.keep,

@@ -1,5 +1,6 @@
-"""The train state and the jit-compiled training step: text tower first, the image tower guided by it,
-a contrastive loss over the global batch, AdamW, and a skipped update when anything is non-finite."""
+"""The train state and the jit-compiled training step: the objective's loss (by default the text tower first,
+the image tower guided by it, a contrastive loss over the global batch; objectives.py), gradients of the trained
+parameters only, AdamW, and a skipped update when anything is non-finite."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from elip_jax.data import normalize_images
 from elip_jax.train.losses import Loss, get_loss
+from elip_jax.train.optim import frozen_labels
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -30,33 +31,62 @@ def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainStat
 
 
 def make_loss_fn(model, loss: Loss):
+    """The contrastive loss of (params, normalised images, tokens, rng) (the CLIP_PAIRS objective's, unbatched)."""
     def loss_fn(params, images, tokens, rng):
         image_features, text_features, logit_scale = model.apply({"params": params}, images, tokens, rng=rng)
         return loss(params, image_features, text_features, logit_scale)
     return loss_fn
 
 
-def accumulated_value_and_grad(loss_fn, params, images, tokens, rng, steps: int):
-    """Mean loss and gradient over `steps` micro-batches, one at a time (activation memory of one).
+def trained_value_and_grad(loss_fn, frozen=()):
+    """value_and_grad of loss_fn(params, *args) over the parameters NOT matched by the `frozen` regexes only.
+
+    Frozen parameters enter the loss as constants, so no backward pass is built for them: a frozen backbone under
+    a small trained head costs its forward alone (tests/test_patch_ranking_predictor.py measures it with XLA's
+    FLOPs). Their gradient is returned as zeros, so the tree keeps its structure for the optimizer (which gives
+    them no update and no moments, optim.make_optimizer) and they add nothing to the gradient norm.
+    """
+    if not frozen:
+        return jax.value_and_grad(loss_fn)
+
+    def value_and_grad(params, *args):
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        trained = [label == "trained" for label in jax.tree_util.tree_leaves(frozen_labels(frozen, params))]
+
+        def loss_of_trained(trained_leaves):
+            it = iter(trained_leaves)
+            full = [next(it) if t else jax.lax.stop_gradient(leaf) for leaf, t in zip(leaves, trained)]
+            return loss_fn(treedef.unflatten(full), *args)
+
+        value, grads = jax.value_and_grad(loss_of_trained)([leaf for leaf, t in zip(leaves, trained) if t])
+        it = iter(grads)
+        return value, treedef.unflatten([next(it) if t else jnp.zeros_like(leaf) for leaf, t in zip(leaves, trained)])
+
+    return value_and_grad
+
+
+def accumulated_value_and_grad(loss_fn, params, batch: dict, rng, steps: int, frozen=()):
+    """Mean loss and gradient over `steps` micro-batches of `batch` (a dict of [B, ...] arrays), one at a time
+    (activation memory of one). loss_fn(params, micro_batch, rng).
 
     Micro-batch i takes examples i, i + steps, ...: with the batch split over devices in contiguous blocks,
     every device keeps contributing its own examples to every micro-batch, so nothing moves between devices.
     """
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = trained_value_and_grad(loss_fn, frozen)
     if steps == 1:
-        return grad_fn(params, images, tokens, rng)
+        return grad_fn(params, batch, rng)
 
     def micro(x):
         return jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1)
 
     def body(carry, inputs):
-        index, micro_images, micro_tokens = inputs
-        loss, grads = grad_fn(params, micro_images, micro_tokens, jax.random.fold_in(rng, index))
+        index, micro_batch = inputs
+        loss, grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
         total_loss, total_grads = carry
         return (total_loss + loss, jax.tree_util.tree_map(jnp.add, total_grads, grads)), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(steps), micro(images), micro(tokens)))
+    (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(steps), jax.tree_util.tree_map(micro, batch)))
     return loss / steps, jax.tree_util.tree_map(lambda g: g / steps, grads)
 
 
@@ -65,21 +95,24 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss_name,
-                    logit_scale_max: float, grad_accum_steps: int = 1):
-    """train_step(state, batch) -> (state, metrics); batch = {'images': uint8 [B,S,S,3], 'tokens': int32}.
+                    logit_scale_max: float, grad_accum_steps: int = 1, objective=None, frozen=()):
+    """train_step(state, batch) -> (state, metrics); batch as the objective says (default CLIP_PAIRS:
+    {'images': uint8 [B,S,S,3], 'tokens': int32}).
 
     tx: the update direction without the learning rate (optim.make_optimizer); the step scales it by
     schedule(state.step), so skipped steps advance the rate exactly as they advance the logged step.
-    loss_name: a registered loss's name or the `losses.Loss` itself.
+    loss_name: a registered loss's name or the `losses.Loss` itself. objective: an `objectives.Objective`.
+    frozen: config.optim.frozen's regexes; those parameters get no gradient computed (trained_value_and_grad).
     """
-    loss_fn = make_loss_fn(model, get_loss(loss_name) if isinstance(loss_name, str) else loss_name)
+    from elip_jax.train.objectives import CLIP_PAIRS
+    loss = get_loss(loss_name) if isinstance(loss_name, str) else loss_name
+    loss_fn = (objective or CLIP_PAIRS).loss_fn(model, loss)
     max_log_scale = math.log(logit_scale_max)
+    frozen = tuple(frozen or ())
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        images = normalize_images(batch["images"]).astype(model.config.compute_dtype)
-        loss, grads = accumulated_value_and_grad(loss_fn, state.params, images, batch["tokens"], rng,
-                                                 grad_accum_steps)
+        loss, grads = accumulated_value_and_grad(loss_fn, state.params, batch, rng, grad_accum_steps, frozen)
         learning_rate = schedule(state.step)  # the step counter, the one that is logged (see optim.py)
         directions, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree_util.tree_map(lambda d: (-learning_rate * d).astype(d.dtype), directions)
