@@ -13,6 +13,8 @@ from elip_jax.fileio import atomic_write_bytes
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 MARKERS = {"equal_steps": "circle", "equal_flops": "square", "equal_time": "triangle"}
+STYLES = {"equal_steps": "solid", "equal_flops": "dashed", "equal_time": "dotted"}
+DASHES = {"dashed": (9.0, 5.0), "dotted": (2.5, 4.0)}
 REGIME_LABELS = {"equal_steps": "equal steps", "equal_flops": "largest batch, equal FLOPs",
                  "equal_time": "largest batch, equal time"}
 
@@ -99,16 +101,38 @@ class Chart:
             self.draw.line([px - 6, bottom, px + 6, bottom], fill=color, width=2)
         self.marker(px, py, shape, color)
 
-    def line(self, points: Sequence[tuple], color, width: int = 2):
-        if len(points) > 1:
-            self.draw.line([(self.px(x), self.py(y)) for x, y in points], fill=color, width=width)
+    def line(self, points: Sequence[tuple], color, width: int = 2, style: str = "solid"):
+        pixels = [(self.px(x), self.py(y)) for x, y in points]
+        self.pixel_line(pixels, color, width, style)
 
-    def legend(self, text: str, color, shape: Optional[str] = None):
+    def pixel_line(self, pixels: Sequence[tuple], color, width: int, style: str):
+        if len(pixels) < 2:
+            return
+        if style == "solid":
+            self.draw.line(pixels, fill=color, width=width)
+            return
+        on, off = DASHES[style]
+        phase = 0.0  # distance along the line, so the pattern runs on across the segments
+        for (x0, y0), (x1, y1) in zip(pixels, pixels[1:]):
+            length = math.hypot(x1 - x0, y1 - y0)
+            t = 0.0
+            while t < length:
+                position = (phase + t) % (on + off)
+                run = (on - position) if position < on else (on + off - position)
+                end = min(length, t + run)
+                if position < on:
+                    a, b = t / length, end / length
+                    self.draw.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)),
+                                    (x0 + b * (x1 - x0), y0 + b * (y1 - y0))], fill=color, width=width)
+                t = end
+            phase += length
+
+    def legend(self, text: str, color, shape: Optional[str] = None, style: str = "solid"):
         x, y = self.legend_x, self.legend_y
         if shape:
             self.marker(x + 10, y + 9, shape, color, radius=6)
         else:
-            self.draw.line([x, y + 9, x + 22, y + 9], fill=color, width=3)
+            self.pixel_line([(x, y + 9), (x + 24, y + 9)], color, 3, style)
         self.draw.text((x + 30, y + 9), text, fill="black", font=font(15), anchor="lm")
         self.legend_y += 26
 
@@ -196,15 +220,14 @@ def loss_curves(runs: Sequence[dict], methods: Sequence[str], path: str, title: 
     ys = [y for c in curves.values() for _, y in c]
     chart = Chart([0, max(xs)], ys, title, f"training {unit} (all devices)", "training loss (mean over seeds)")
     colors = method_colors(methods)
-    widths = {"equal_steps": 3, "equal_flops": 2, "equal_time": 1}
     for (regime, method), curve in sorted(curves.items()):
-        chart.line([(x / scale, y) for x, y in curve], colors[method], widths[regime])
+        chart.line([(x / scale, y) for x, y in curve], colors[method], 2, STYLES[regime])
     for method in methods:
         if any(m == method for _, m in curves):
             chart.legend(method, colors[method])
     chart.legend_y += 10
-    for regime, width in widths.items():
+    for regime, style in STYLES.items():
         if any(r == regime for r, _ in curves):
-            chart.note(f"{'thick' if width == 3 else 'medium' if width == 2 else 'thin'}: {REGIME_LABELS[regime]}")
+            chart.legend(REGIME_LABELS[regime], (120, 120, 120), style=style)
     chart.save(path)
     return True
