@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import os
 
-from elip_jax.checkpoints.params import _abstract_params, _flatten, _unflatten, flat_shapes
+from elip_jax.checkpoints.params import _abstract_params, _flatten, _unflatten, flat_shapes, without_tokens
 
 
 class OverlayError(ValueError):
     """The overlay cannot be made: the source holds nothing to lay over, or it does not fit (one line)."""
 
 
-def _plain(config):
-    """The architecture without learnable tokens (text context, deep flag): what the backbone is."""
-    return config.replace(deep_visual_tokens=False, text_context_tokens=0)
-
-
 def _backbone_shapes(config) -> dict:
     from elip_jax.models.clip import CLIP
-    return flat_shapes(_abstract_params(CLIP(_plain(config))))
+    return flat_shapes(_abstract_params(CLIP(without_tokens(config))))
 
 
 def _token_shapes(config, protected: int) -> dict:

@@ -64,19 +64,26 @@ def _describe(config, reduction) -> str:
     return repr(schedule_for(config, reduction).options())
 
 
+def without_tokens(config):
+    """The architecture without its learnable tokens (text context, deep visual sets): the backbone's. (The
+    visual tokens' count is the schedule's, so a model without reduction has none.)"""
+    return config.replace(deep_visual_tokens=False, text_context_tokens=0)
+
+
 def fit_variables(model, variables: dict, seed: int = 0) -> dict:
     """`variables` fitted to `model` (the same architecture, perhaps another reduction schedule).
 
-    The backbone (every param of the model without reduction) must be there with its shapes: it is kept as is.
-    Params the model's schedule adds (a scorer's, learnable tokens) are taken from `variables` where present with
-    the right shape, else freshly initialised with `seed`; params only another schedule had are dropped.
+    The backbone (every param of the model without reduction and without learnable tokens) must be there with its
+    shapes: it is kept as is. Params the model's schedule or its token options add (a scorer's, learnable
+    tokens) are taken from `variables` where present with the right shape, else freshly initialised with `seed`;
+    params only another schedule had are dropped.
     Raises ParamShapeError when the backbone does not fit.
     """
     import jax
     import jax.numpy as jnp
     from elip_jax.models.clip import CLIP
     params = variables.get("params", variables)
-    backbone = flat_shapes(_abstract_params(CLIP(model.config)))
+    backbone = flat_shapes(_abstract_params(CLIP(without_tokens(model.config))))
     wanted = flat_shapes(_abstract_params(model))
     found = flat_shapes(params)
     problems = shape_problems(backbone, {k: v for k, v in found.items() if k in backbone})
