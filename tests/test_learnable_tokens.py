@@ -1,5 +1,6 @@
-"""Learnable tokens (spec 3.4): visual tokens after the patches (shallow, or VPT-deep: a fresh set before every
-block), text context tokens after SOT (CoOp); never pruned or merged; saved and loaded with the weights.
+"""Learnable tokens (docs/learnable_tokens.md): visual tokens after the patches (shallow, or VPT-deep: a fresh set
+before every block), text context tokens after SOT (CoOp); never pruned or merged; saved and loaded with the
+weights.
 
 References are independent of the towers' code paths: the deep tower is recomputed block by block from the
 blocks' own parameters, and the text context is checked against the plain text tower fed the token ids whose

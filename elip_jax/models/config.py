@@ -35,9 +35,9 @@ class CLIPConfig:
     remat: bool = False  # rematerialise each block in the backward pass
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: Optional[float] = None  # SigLIP's learned bias (open_clip's init_logit_bias); None: none
-    # Learnable tokens (spec 3.4). Their COUNT in the vision tower is the reduction schedule's `protected` (the
-    # reduction must leave exactly those tokens alone, so the schedule owns the number); these two fields shape
-    # the rest of the architecture and travel with it in every folder's and workdir's model config.
+    # Learnable tokens (docs/learnable_tokens.md). Their COUNT in the vision tower is the reduction schedule's
+    # `protected` (the reduction must leave exactly those tokens alone, so the schedule owns the number); these two
+    # fields shape the rest of the architecture and travel with it in every folder's and workdir's model config.
     deep_visual_tokens: bool = False  # VPT-deep: a fresh learned set replaces the learnable tokens before every
     #                                   block after the first (params['visual']['deep_tokens'], [depth-1, n, D])
     text_context_tokens: int = 0  # CoOp: n learned vectors right after SOT (params['text']['context_tokens'])

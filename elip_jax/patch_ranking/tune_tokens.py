@@ -1,4 +1,5 @@
-"""`python -m elip_jax.patch_ranking tune-tokens`: learnable tokens on a few labelled shots (ELIP_SPEC.md 3.4).
+"""`python -m elip_jax.patch_ranking tune-tokens`: learnable tokens on a few labelled shots
+(docs/learnable_tokens.md).
 
     python -m elip_jax.patch_ranking tune-tokens --pretrained DIR [--predictor DIR] --dataset NAME --shots 16 \
         --visual-tokens 4 [--deep] --text-tokens 4 --output DIR [--steps 200 --batch-size 32 --learning-rate 2e-3]
