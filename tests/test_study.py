@@ -207,3 +207,27 @@ def test_smoke_study_resumes_and_reports(tmp_path):
     assert f"| `elip` | 65 59 43 27 | 1 | {acc:.1f} (1 seed) |" in table
     for name in ("accuracy_vs_flops.png", "loss_curves.png"):
         assert (tmp_path / "study" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_large_batch_runs_follow_the_plan_and_repeat_no_run(tmp_path):
+    from elip_jax.study.driver import Study, run_spec
+    from elip_jax.study.measure import large_batch_runs
+    config = load_config("configs/study12.py")  # batch 64, 300 steps
+    plan = {"baseline": "none", "batch_size": 64, "num_steps": 300, "methods": {
+        "none": {"flops_per_step_per_device": 100.0, "step_s": 2.0, "large_batch_step_s": 2.0,
+                 "largest_batch": {"no_remat": {"batch": 64, "flops_per_step_per_device": 100.0}}},
+        "elip": {"flops_per_step_per_device": 90.0, "step_s": 1.6, "large_batch_step_s": 1.5,
+                 "largest_batch": {"no_remat": {"batch": 80, "flops_per_step_per_device": 110.0}}},
+        "evit": {"flops_per_step_per_device": 80.0, "step_s": 1.4,
+                 "largest_batch": {"no_remat": {"batch": 0, "flops_per_step_per_device": None}}}}}
+    assert large_batch_runs(plan, "elip") == {"batch": 80, "equal_flops_steps": round(100 * 300 / 110),
+                                              "equal_time_steps": round(2.0 * 300 / 1.5)}
+    study = Study(config=config, config_name="configs/study12.py", methods=["none", "elip", "evit"], seeds=[0],
+                  regimes=["equal_steps", "equal_flops", "equal_time"], workdir=str(tmp_path))
+    specs = {key.name: run_spec(study, key, plan) for key in study.keys}
+    assert specs["equal_flops-none-s0"] == (None, "equal_steps-none-s0", None)  # the baseline is trained once
+    run, same_as, why_not = specs["equal_time-elip-s0"]
+    assert (run.batch_size, run.num_steps, run.optim.warmup_steps, same_as) == (80, 400, 40, None)
+    assert specs["equal_flops-elip-s0"][0].num_steps == 273
+    assert specs["equal_flops-evit-s0"][0] is None and "no batch fits" in specs["equal_flops-evit-s0"][2]
+    assert specs["equal_steps-evit-s0"][0].batch_size == 64

@@ -147,7 +147,7 @@ def run_spec(study: Study, key: RunKey, plan: Optional[dict]):
 
 def train_runs(study: Study, selection: list, plan: dict, report: Callable, train=None) -> int:
     """Trains the selected runs that are not finished, in index order; returns EXIT_STOPPED if one was stopped
-    early (preempted), else 0. Returns the names trained in `trained` of the report."""
+    early (preempted), else 0. train: the trainer's `train(config, workdir)` (a test may wrap it)."""
     if train is None:
         from elip_jax.train.loop import train
     keys = study.keys
