@@ -24,6 +24,7 @@ LAYERS = {
     "convert": 3, "evaluate": 3,
     "train": 4,
     "elip_jax": 5,  # the package front: what `import elip_jax` offers
+    "patch_ranking": 5,  # Patch Ranking's commands (golden rankings, the predictor's training, tokens): use train
     "benchmark": 6, "visualize": 6, "study": 6,
 }
 # Rules the layers alone do not say.

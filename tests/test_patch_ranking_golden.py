@@ -1,6 +1,6 @@
-"""Golden rankings (ELIP_SPEC.md 3.1): the JAX search against an independent NumPy greedy search written from the
-spec (gathering the remaining patches, float64, one image and one candidate at a time), key masking against
-gathering, the on-disk format, the command's resume and its one-line errors."""
+"""Golden rankings (docs/patch_ranking.md): the JAX search against an independent NumPy greedy search written from
+the method's description (gathering the remaining patches, float64, one image and one candidate at a time), key
+masking against gathering, the on-disk format, the command's resume and its one-line errors."""
 import functools
 import os
 
@@ -54,7 +54,8 @@ def numpy_score(features, reference, score, label=None, class_embeddings=None, l
 
 def numpy_golden(image, vp, *, prune_layer, per_step, target, groups, score="similarity", label=None,
                  class_embeddings=None, logit_scale=None):
-    """Greedy removal, spec 3.1, written out: every remaining candidate tried, the per_step best go, repeat."""
+    """Greedy removal as docs/patch_ranking.md describes it, written out: every remaining candidate tried, the
+    per_step best go, repeat."""
     full = numpy_features(image, vp, prune_layer, list(range(P)))
     reference = full / np.linalg.norm(full)
     removed, order, last_scores = set(), [], {}

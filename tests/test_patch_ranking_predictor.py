@@ -1,4 +1,4 @@
-"""Patch Ranking's predictor and pruned inference (ELIP_SPEC.md 3.2-3.3): the architecture against a NumPy formula
+"""Patch Ranking's predictor and pruned inference (docs/patch_ranking.md): the architecture against a NumPy formula
 and its parameter count at ViT-B/16, the registered method's schedule, pruned inference (the predictor's top-k,
 one trace per shape, protected tokens never candidates), the KL objective and the bottom-k overlap against NumPy,
 frozen parameters computing no backward (XLA FLOPs), and train-predictor end to end on the small dataset."""
@@ -266,3 +266,17 @@ def test_train_predictor_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert patch_ranking_run(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_the_oracles_forward_with_the_predictors_kept_patches_is_the_pruned_model():
+    from elip_jax.patch_ranking.oracle import kept_features
+    model, variables = tiny()
+    batch = images(2, seed=6)
+    features, state = model.apply(variables, batch, method=model.encode_image, mutable=["intermediates"])
+    kept = state["intermediates"]["visual"]["kept_indices"][0]
+    np.testing.assert_allclose(model.apply(variables, batch, kept, 1, method=kept_features), features, rtol=1e-5,
+                               atol=1e-5)
+    unpruned = elip_jax.create_model(NAME)
+    every = jnp.tile(jnp.arange(P), (2, 1))
+    np.testing.assert_allclose(model.apply(variables, batch, every, 1, method=kept_features),
+                               unpruned.apply(variables, batch, method=unpruned.encode_image), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Patch Ranking (Wu et al., WACV 2025; ELIP_SPEC.md section 3; docs/patch_ranking.md): golden rankings, the
+"""Patch Ranking (Wu et al., WACV 2025; docs/patch_ranking.md): golden rankings, the
 predictor's training and learnable tokens. The pruned inference itself is the registered reduction method
 `patch_ranking` (elip_jax.reduction.patch_ranking); this package produces what it needs.
 

@@ -1,9 +1,10 @@
-"""The Patch Ranking command: one subcommand per phase of the method (ELIP_SPEC.md section 3).
+"""The Patch Ranking command: one subcommand per phase of the method (docs/patch_ranking.md).
 
   golden           greedy golden rankings of a TFDS split's images (elip_jax.patch_ranking.golden_cli)
   train-predictor  the predictor trained on them, CLIP frozen (elip_jax.patch_ranking.train_predictor)
   tune-tokens      learnable visual/text tokens, CLIP and predictor frozen (elip_jax.patch_ranking.tune_tokens)
   benchmark-golden the golden search's key masking against gathering (elip_jax.patch_ranking.golden_benchmark)
+  oracle           top-1 with each image's own golden ranking, an upper bound (elip_jax.patch_ranking.oracle)
 
 Each subcommand's module has `main(argv) -> int` and is imported only when asked for, so `--help` and a
 mistyped subcommand answer without importing JAX. Bad input: one line `error: ...`, exit code 2.
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "tune-tokens": ("elip_jax.patch_ranking.tune_tokens", "few-shot learnable visual and text tokens"),
     "benchmark-golden": ("elip_jax.patch_ranking.golden_benchmark",
                          "golden search: key masking against gathering, measured"),
+    "oracle": ("elip_jax.patch_ranking.oracle", "zero-shot top-1 with each image's own golden ranking (upper bound)"),
 }
 
 

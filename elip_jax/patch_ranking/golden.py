@@ -1,4 +1,5 @@
-"""Golden rankings (ELIP_SPEC.md 3.1): for each image, which patches can go at the prune layer, found greedily.
+"""Golden rankings (docs/patch_ranking.md#golden-rankings): for each image, which patches can go at the prune
+layer, found greedily.
 
 Before block `prune_layer` every remaining candidate (one patch, or a 2x2 block of patches) is tried: the image's
 final embedding is computed without the patches removed so far and without that candidate, and scored (cosine

@@ -23,7 +23,7 @@ PROG = "python -m elip_jax.patch_ranking golden"
 def build_parser() -> ArgumentParser:
     from elip_jax.patch_ranking.golden import DEFAULT_CANDIDATE_BATCH, DEFAULT_MODE, MODES, SCORES
     parser = ArgumentParser(prog=PROG, description="Greedy golden patch rankings of a dataset split (Patch Ranking, "
-                                                   "ELIP_SPEC.md 3.1); rerun to resume.")
+                                                   "docs/patch_ranking.md); rerun to resume.")
     parser.add_argument("--pretrained", required=True, help="a converted folder or a training workdir")
     parser.add_argument("--dataset", required=True, help="TFDS name (elip_shapes/small: the built-in dataset)")
     parser.add_argument("--split", required=True, help="TFDS split, slices allowed (train[:2000])")

@@ -1,4 +1,4 @@
-"""The predictor's training objective and its metric (ELIP_SPEC.md 3.2).
+"""The predictor's training objective and its metric (docs/patch_ranking.md#the-predictor).
 
 Target: for each image, uniform over the patches the golden search kept and ~0 (TARGET_FLOOR before normalising)
 on the ones it removed. Loss: KL(target || softmax(logits)) over the patches, averaged over images. Metric (the

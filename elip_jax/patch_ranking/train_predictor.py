@@ -1,11 +1,11 @@
 """python -m elip_jax.patch_ranking train-predictor --pretrained DIR --rankings DIR --output DIR
        [--workdir DIR --epochs E --batch-size B --lr LR --holdout FRACTION --eval-rankings DIR ...]
 
-Trains Patch Ranking's predictor (ELIP_SPEC.md 3.2) on golden rankings with CLIP frozen, through the trainer's
-shell (elip_jax.train: checkpoints, resume, metrics, progress), as its own objective: the batch is images and the
-golden-removed patches, the loss KL(target || softmax(predictor logits)) with the target uniform over the kept
-patches (patch_ranking.objective). Only params['visual']['reduction_scorer'] is trained: everything else is an
-`optim.frozen` group, which also computes no gradient for it (train.step.trained_value_and_grad).
+Trains Patch Ranking's predictor (docs/patch_ranking.md#the-predictor) on golden rankings with CLIP frozen, through
+the trainer's shell (elip_jax.train: checkpoints, resume, metrics, progress), as its own objective: the batch is
+images and the golden-removed patches, the loss KL(target || softmax(predictor logits)) with the target uniform over
+the kept patches (patch_ranking.objective). Only params['visual']['reduction_scorer'] is trained: everything else is
+an `optim.frozen` group, which also computes no gradient for it (train.step.trained_value_and_grad).
 
 The last `--holdout` fraction of the ranked examples (by split index) is never trained on; the paper's metric, the
 overlap of the predicted and golden bottom-k, is reported on it (and on --eval-rankings, golden rankings of other

@@ -1,8 +1,8 @@
-"""Patch Ranking's pruned inference (Wu et al., WACV 2025; ELIP_SPEC.md section 3): a small learned predictor
+"""Patch Ranking's pruned inference (Wu et al., WACV 2025; docs/patch_ranking.md): a small learned predictor
 scores every patch from the tokens entering the prune layer, and the tower keeps the top `keep` patches there,
 once, dropping the rest (no merged token). CLS and protected (learnable) tokens are never candidates.
 
-The predictor (spec 3.2), built from the paper's description, not from its code:
+The predictor, built from the paper's description, not from its code:
   patch tokens [B, P, D] -> average-pool the channels to 64 (groups of D / 64 adjacent channels)
   -> one MLP-Mixer block: x + token_mlp(LN(x)^T)^T, then x + channel_mlp(LN(x)) (LayerNorm eps 1e-6, exact GELU)
   -> LayerNorm -> a linear score per patch: logits [B, P] (higher = keep).
