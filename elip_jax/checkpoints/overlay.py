@@ -43,8 +43,8 @@ def overlay(model, variables: dict, source: str, reduction=None, *, require_meth
             flag: str = "--predictor"):
     """(model, variables) with what `source` (a converted folder or a workdir) learned on top of the backbone.
 
-    reduction: the schedule to run (a name, a dict of make_schedule options, a ReductionSchedule); None: the one
-    `source` was saved with. Learnable tokens come from `source` when it has them (their count, deep flag and
+    reduction: the schedule to run (a name, a dict of make_schedule options, a ReductionSchedule); None, or options
+    naming only the method `source` was saved with: `source`'s own schedule. Learnable tokens come from `source` when it has them (their count, deep flag and
     text context with them), else stay `model`'s. The method's parameters come from `source`;
     require_method_params: refuse when `source` has none for the method (or the method has none at all).
     The backbone stays `variables`'. Raises OverlayError (one line, naming `flag`) when nothing fits.
@@ -70,7 +70,11 @@ def overlay(model, variables: dict, source: str, reduction=None, *, require_meth
     config = model.config.replace(
         deep_visual_tokens=tokens_from.config.deep_visual_tokens,
         text_context_tokens=(source_model.config.text_context_tokens or model.config.text_context_tokens))
-    base = source_model.reduction if reduction is None else reduction
+    if reduction is None or (isinstance(reduction, dict) and set(reduction) == {"method"}
+                             and reduction["method"] == source_model.reduction.method):
+        base = source_model.reduction  # the layer and keep count the predictor was trained for
+    else:
+        base = reduction
     try:
         schedule = schedule_for(config, keeping_tokens(base, tokens_from.reduction))
     except ValueError as error:

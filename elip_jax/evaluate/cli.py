@@ -205,11 +205,8 @@ def with_predictor(model, variables, directory: str, reduction: dict):
     """--predictor DIR laid over the model (elip_jax.checkpoints.overlay): DIR's saved schedule when the request
     names only its method, else the request's options; one-line errors."""
     from elip_jax.checkpoints.overlay import OverlayError, overlay
-    from elip_jax.checkpoints import read_reduction
-    saved = read_reduction(directory) if os.path.isfile(os.path.join(directory, "config.json")) else None
-    use_saved = set(reduction) == {"method"} and saved is not None and saved.get("method") == reduction["method"]
     try:
-        return overlay(model, variables, directory, None if use_saved else reduction)
+        return overlay(model, variables, directory, reduction)
     except OverlayError as error:
         raise UsageError(str(error)) from None
 
