@@ -18,6 +18,7 @@ from elip_jax.command_line import ArgumentParser, UsageError, check_output_file,
 PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194))
 SIZE = (1100, 700)
+METRIC_NAMES = {"acc1": "top-1 accuracy", "acc5": "top-5 accuracy", "mean_per_class_recall": "mean per-class recall"}
 MARGIN = {"left": 100, "right": 250, "top": 70, "bottom": 80}
 
 
@@ -29,6 +30,8 @@ def records_of(payload: dict) -> list:
 def point_label(record: dict) -> str:
     """How a point is named on the plot: the schedule as typed in a sweep, else its keep counts or r."""
     reduction = record.get("reduction") or {}
+    if reduction.get("prunes_at_eval") is False:
+        return ""  # the unpruned model: the `none` point says it, and a name there would cover others
     if record.get("keep_ratios_typed"):
         typed = record["keep_ratios_typed"]
         return f"r={typed}" if reduction.get("r") is not None else typed
@@ -118,25 +121,33 @@ def draw(found: dict, about: dict, metric: str = "acc1", title: Optional[str] = 
     canvas.text(((left + right) / 2, height - 22), f"XLA FLOPs per image ({unit}, image encoder)", fill="black",
                 font=font, anchor="mm")
     label = Image.new("RGB", (bottom - top, 24), "white")
-    ImageDraw.Draw(label).text(((bottom - top) / 2, 12), f"zero-shot top-1 accuracy (%, {metric})", fill="black",
-                               font=font, anchor="mm")
+    ImageDraw.Draw(label).text(((bottom - top) / 2, 12), f"zero-shot {METRIC_NAMES.get(metric, metric)} (%)",
+                               fill="black", font=font, anchor="mm")
     picture.paste(label.rotate(90, expand=True), (24, top))
     heading = title or (f"Accuracy against FLOPs: {about['model']} on {about['dataset']} ({about['split']} split)")
     canvas.text((width / 2, 30), heading, fill="black", font=big, anchor="mm")
 
-    for i, (method, points) in enumerate(found.items()):
-        colour = PALETTE[i % len(PALETTE)]
+    colours = {method: PALETTE[i % len(PALETTE)] for i, method in enumerate(found)}
+    # single points (the unpruned model) last and larger, so that the curves starting there do not hide them
+    order = sorted(found, key=lambda method: len(found[method]) == 1)
+    for method in order:
+        points, colour = found[method], colours[method]
         where = [at(f, v) for f, v, _ in points]
+        radius = 5 if len(points) > 1 else 8
         if len(where) > 1:
             canvas.line(where, fill=colour, width=3)
         for (x, y), (_, _, name) in zip(where, points):
-            canvas.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour, outline="black")
+            canvas.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline="black")
             if name:
                 canvas.text((x + 7, y - 7), name, fill=colour, font=small, anchor="ld")
+    for i, (method, points) in enumerate(found.items()):
         legend_y = top + 10 + 28 * i
-        canvas.line([(right + 20, legend_y), (right + 50, legend_y)], fill=colour, width=3)
-        canvas.ellipse([right + 30, legend_y - 5, right + 40, legend_y + 5], fill=colour, outline="black")
-        canvas.text((right + 58, legend_y), f"{method} ({len(points)})", fill="black", font=font, anchor="lm")
+        canvas.line([(right + 20, legend_y), (right + 50, legend_y)], fill=colours[method], width=3)
+        canvas.ellipse([right + 30, legend_y - 5, right + 40, legend_y + 5], fill=colours[method], outline="black")
+        canvas.text((right + 58, legend_y), f"{method} ({len(points)} point{'s' * (len(points) > 1)})",
+                    fill="black", font=font, anchor="lm")
+    canvas.text((right + 20, top + 20 + 28 * len(found)), "points: the schedule\n(keep ratios, or ToMe's r)",
+                fill=(90, 90, 90), font=small, anchor="la")
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
