@@ -183,7 +183,8 @@ def markdown(report: dict) -> str:
     lines = [f"Study of {', '.join(settings['methods'])} on `{settings['config']}` ({settings['model']}, "
              f"{settings['dataset']}): seeds {settings['seeds']}; {plan.get('devices', '?')} device(s) "
              f"({plan.get('device_kind', '?')}). Mean ± sample standard deviation over the seeds that finished; "
-             f"runs finished: {report['finished_runs']} of {report['total_runs']}.", ""]
+             f"runs finished: {report['finished_runs']} of {report['total_runs']} (a large-batch run with the batch and "
+             "steps of its equal-steps run is that run, not counted twice).", ""]
     steps = groups.get("equal_steps", {})
     lines += [f"**Equal steps** (batch {plan.get('batch_size', '?')}, {plan.get('num_steps', '?')} steps). "
               "FLOPs and temporary memory per device from XLA's analysis of the compiled training step; step "
@@ -232,7 +233,9 @@ def markdown(report: dict) -> str:
         for method in settings["methods"]:
             g = groups.get(regime, {}).get(method)
             if not g:
-                lines.append(f"| `{method}` | | | | not run yet | | | | 0 |")
+                planned = next((r for r in report["runs"] if r["regime"] == regime and r["method"] == method), {})
+                lines.append(f"| `{method}` | {planned.get('batch_size', '')} | {planned.get('num_steps', '')} | | "
+                             f"{planned.get('not_run') or 'not finished yet'} | | | | 0 |")
                 continue
             pflop = g["training_flops"]["mean"]
             name = f"`{method}`" + (" (its equal-steps runs)" if g["alias"] else "")

@@ -203,8 +203,9 @@ def write_report(study: Study, plan: Optional[dict], report: Callable = print) -
                   "dataset": study.config.data.name, "methods": study.methods, "seeds": study.seeds,
                   "regimes": study.regimes},
         "baseline": baseline, "plan": plan,
-        "finished_runs": sum(1 for r in runs if r["result"] is not None),
-        "total_runs": len(runs),
+        # runs to train: an alias of an equal-steps run (same batch and steps) is no run of its own
+        "finished_runs": sum(1 for r in runs if r["result"] is not None and not r["same_as"]),
+        "total_runs": sum(1 for r in runs if not r["same_as"] and not r["not_run"]),
         "groups": groups,
         "rankings": {regime: aggregate.ranking(entries) for regime, entries in groups.items()},
         "targets": aggregate.targets(groups, plan, baseline),
@@ -217,7 +218,7 @@ def write_report(study: Study, plan: Optional[dict], report: Callable = print) -
                                      f"{title}, zero-shot top-1 against training FLOPs"),
              plots.loss_curves(runs, study.methods, os.path.join(study.workdir, LOSS_PNG),
                                f"{title}, training loss")]
-    report(f"study report: {document['finished_runs']} of {len(runs)} runs finished; "
+    report(f"study report: {document['finished_runs']} of {document['total_runs']} runs finished; "
            f"{os.path.join(study.workdir, RESULTS_MD)}, {RESULTS_JSON}"
            + (f", {ACCURACY_PNG}" if drawn[0] else "") + (f", {LOSS_PNG}" if drawn[1] else ""))
     return document
