@@ -173,6 +173,8 @@ def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: st
     xs = [g["training_flops"]["mean"] / scale for _, _, g in points]
     ys = [100 * (g["acc1"]["mean"] + sign * (g["acc1"]["std"] or 0)) for _, _, g in points for sign in (-1, 1)]
     pad_x = (max(xs) - min(xs)) * 0.08 or max(xs) * 0.05
+    pad_y = max(1.0, 0.15 * (max(ys) - min(ys)))  # a point or two never sit on the frame
+    ys = [min(ys) - pad_y, max(ys) + pad_y]
     chart = Chart([min(xs) - pad_x, max(xs) + pad_x], ys, title, f"training {unit} (all devices)",
                   "zero-shot top-1 (%)")
     colors = method_colors(methods)
