@@ -250,14 +250,20 @@ def pruning_decisions(model, variables, image: np.ndarray, tokens: np.ndarray, r
     import jax.numpy as jnp
 
     schedule = model.reduction
-    kwargs = {}
-    if schedule.text_guided:
-        kwargs["guide"] = model.apply(variables, jnp.asarray(tokens), normalize=True, method=model.encode_text)
-    if schedule.spec.trigger == RNG:
-        kwargs["rng"] = jax.random.PRNGKey(rng_seed)
-    _, state = model.apply(variables, jnp.asarray(image[None]), method=model.encode_image,
-                           mutable=["intermediates"], **kwargs)
-    visual = state["intermediates"].get("visual", {})
+
+    # One compiled program: run op by op, a 12-block model (ToMe's matching in every block) takes a minute on
+    # a CPU, compiled a few seconds.
+    @jax.jit
+    def decide(variables, images, tokens, key):
+        kwargs = {}
+        if schedule.text_guided:
+            kwargs["guide"] = model.apply(variables, tokens, normalize=True, method=model.encode_text)
+        if schedule.spec.trigger == RNG:
+            kwargs["rng"] = key
+        _, state = model.apply(variables, images, method=model.encode_image, mutable=["intermediates"], **kwargs)
+        return state["intermediates"].get("visual", {})
+
+    visual = decide(variables, jnp.asarray(image[None]), jnp.asarray(tokens), jax.random.PRNGKey(rng_seed))
     if schedule.spec.placement == INSIDE_BLOCKS:
         return list(visual.get("tome_matchings", ())), None
     kept = [np.asarray(k)[0] for k in visual.get("kept_indices", ())]

@@ -13,8 +13,6 @@ import pytest
 import elip_jax
 from elip_jax import checkpoints
 from elip_jax.convert import save_pretrained
-from elip_jax.data import prepare_builtin
-from elip_jax.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -22,14 +20,10 @@ import smoke  # noqa: E402  (configs/smoke.py)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A real training workdir: 4 steps of configs/smoke.py, checkpoints at steps 2 and 4."""
-    config = smoke.get_config()
-    config.data.data_dir = prepare_builtin(str(tmp_path_factory.mktemp("data")), config="small")
-    config.num_steps = 4
-    path = str(tmp_path_factory.mktemp("workdirs") / "run")
-    train(config, path)
-    return path
+def workdir(smoke_workdir):
+    """A real training workdir (tests/conftest.py, shared: copied before it is changed): configs/smoke.py for
+    12 steps, checkpoints kept at steps 8, 10 and 12."""
+    return smoke_workdir()
 
 
 def saved_params(workdir, step):
@@ -62,19 +56,19 @@ def copy_of(workdir, tmp_path):
 
 def test_load_accepts_a_workdir_a_converted_folder_and_a_model_name(workdir, tmp_path):
     model, variables, name = checkpoints.load(workdir, reduction="elip")
-    assert name == "run@step4" and model.reduction.method == "elip"
-    assert_same_tree(variables["params"], saved_params(workdir, 4))
+    assert name == "run@step12" and model.reduction.method == "elip"
+    assert_same_tree(variables["params"], saved_params(workdir, 12))
 
     model, variables = elip_jax.load_pretrained(workdir)  # the top-level export takes workdirs too
     trained = smoke.get_config().reduction.method
     assert trained != "none" and model.reduction.method == trained  # the workdir's schedule is restored
-    assert_same_tree(variables["params"], saved_params(workdir, 4))
+    assert_same_tree(variables["params"], saved_params(workdir, 12))
 
     folder = tmp_path / "converted"
     save_pretrained(folder, variables["params"], model.config)
     model, converted, name = checkpoints.load(str(folder), reduction="evit")
     assert name == "converted" and model.reduction.method == "evit"
-    assert_same_tree(converted["params"], saved_params(workdir, 4))
+    assert_same_tree(converted["params"], saved_params(workdir, 12))
 
     model, random3, name = checkpoints.load("tiny", seed=3)
     assert name == "tiny" and model.config.image_size == 64
@@ -104,34 +98,34 @@ def test_reading_a_workdir_restores_only_the_parameters(workdir, monkeypatch):
 
     monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", recording)
     _, variables, step = checkpoints.load_workdir(workdir)
-    assert step == 4
+    assert step == 12
     assert read and all(name.startswith("params.") for name in read), sorted(read)[:5]
     assert len(read) == len(jax.tree_util.tree_leaves(variables["params"]))
 
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_good_one(workdir, tmp_path, caplog):
     damaged = copy_of(workdir, tmp_path)
-    corrupt(damaged, 4)
+    corrupt(damaged, 12)
     with caplog.at_level(logging.WARNING):
         _, variables, step = checkpoints.load_workdir(damaged)
-    assert step == 2
-    assert_same_tree(variables["params"], saved_params(workdir, 2))
+    assert step == 10
+    assert_same_tree(variables["params"], saved_params(workdir, 10))
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "\n" not in lines[0], lines
-    assert "checkpoint step 4" in lines[0] and "OUT_OF_RANGE" in lines[0] and "trying step 2" in lines[0]
+    assert "checkpoint step 12" in lines[0] and "OUT_OF_RANGE" in lines[0] and "trying step 10" in lines[0]
 
     from elip_jax.evaluate.cli import load_model  # what `evaluate --pretrained WORKDIR` loads
     _, _, name = load_model(damaged)
-    assert name == "run@step2"
+    assert name == "run@step10"
 
 
 def test_no_restorable_checkpoint_is_one_error_naming_the_folders(workdir, tmp_path):
     damaged = copy_of(workdir, tmp_path)
-    corrupt(damaged, 4)
-    corrupt(damaged, 2)
+    for step in (12, 10, 8):
+        corrupt(damaged, step)
     with pytest.raises(ValueError) as error:
         checkpoints.load(damaged)
     message = str(error.value)
     assert "\n" not in message and "no checkpoint in" in message
-    for step in (4, 2):
+    for step in (12, 10, 8):
         assert os.path.join(damaged, "checkpoints", str(step)) in message

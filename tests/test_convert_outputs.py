@@ -147,20 +147,12 @@ def test_command_line_errors_are_one_line(tmp_path, params, elip_folder):
     assert not (tmp_path / "hf").exists() and not (tmp_path / "oc").exists()
 
 
-@pytest.mark.slow
-def test_a_training_workdir_exports_to_hf_and_open_clip(tmp_path):
+def test_a_training_workdir_exports_to_hf_and_open_clip(tmp_path, smoke_workdir):
     """`--to hf|open_clip --input WORKDIR` used to fail: only converted folders were read."""
     import orbax.checkpoint as ocp
-    from elip_jax.data import prepare_builtin
-    from elip_jax.train.loop import train
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import smoke
-    config = smoke.get_config()
-    config.data.data_dir = prepare_builtin(str(tmp_path / "data"), config="small")
-    config.num_steps, config.checkpoint.every_steps, config.checkpoint.async_save = 2, 2, False
-    workdir = tmp_path / "run"
-    train(config, str(workdir))
-    trained = ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / "2" / "state"))["params"]
+    from pathlib import Path
+    workdir = Path(smoke_workdir())  # tests/conftest.py: configs/smoke.py, 12 steps; only read here
+    trained = ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / "12" / "state"))["params"]
     for target in ("hf", "open_clip"):
         assert main(["--input", str(workdir), "--to", target, "--output", str(tmp_path / target)]) == 0
         again, exported_config, _ = params_from_checkpoint(tmp_path / target)  # no flags: the folder says it all

@@ -7,7 +7,6 @@ import ml_collections
 import pytest
 
 import elip_jax
-from elip_jax.data import prepare_builtin
 from elip_jax.evaluate import evaluate
 from elip_jax.evaluate.evaluators import EVALUATORS, build_evaluators, settings_of
 from elip_jax.train.defaults import validate_config
@@ -23,8 +22,8 @@ DATASET = "elip_shapes/small"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return prepare_builtin(str(tmp_path_factory.mktemp("data")), config="small")
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: prepared once per run
 
 
 @pytest.mark.parametrize("entry, message", [

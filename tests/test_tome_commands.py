@@ -12,9 +12,8 @@ TINY = ["--model", "tiny", "--split", "test", "--batch-size", "64"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from elip_jax.data import prepare_builtin
-    return prepare_builtin(str(tmp_path_factory.mktemp("tfds")), config="small")
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: prepared once per run
 
 
 def run(tmp_path, data_dir, *args):

@@ -70,7 +70,7 @@ def test_captured_scores_are_the_ones_the_model_selected_by():
     image = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 64, 3)))
     tokens = np.zeros((1, 77), np.int32)
     tokens[0, :3] = [49406, 320, 49407]
-    variables = model.init(jax.random.PRNGKey(0), image[None], tokens)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), image[None], tokens)
     kept, scores = vis.pruning_decisions(model, variables, image, tokens)
     assert scores is not None and len(kept) == len(scores) == 3
     for k, s in zip(kept, scores):
@@ -184,29 +184,15 @@ def _converted_folder(tmp_path):
     return str(save_pretrained(tmp_path / "converted", variables, model.config)), "converted"
 
 
-def _training_workdir(tmp_path):
-    import os
-    import sys
-    from elip_jax.data import prepare_builtin
-    from elip_jax.train.loop import train
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-    import smoke  # configs/smoke.py
-
-    config = smoke.get_config("evit")
-    config.data.data_dir = prepare_builtin(str(tmp_path / "data"), config="small")
-    config.num_steps = 2
-    config.checkpoint.every_steps = 2
-    config.checkpoint.async_save = False
-    workdir = str(tmp_path / "workdir")
-    train(config, workdir)
-    return workdir, "workdir@step2"
+def _training_workdir(request):
+    """configs/smoke.py trained with elip (tests/conftest.py, shared; only read here): drawn with evit below."""
+    return request.getfixturevalue("smoke_workdir")(), "run@step12"
 
 
 @pytest.mark.parametrize("make_checkpoint", [_converted_folder, _training_workdir], ids=["converted", "workdir"])
 def test_cli_reads_a_converted_folder_or_a_training_workdir_and_draws_no_random_weights_note(
-        tmp_path, capsys, make_checkpoint):
-    checkpoint, name = make_checkpoint(tmp_path)
+        tmp_path, request, capsys, make_checkpoint):
+    checkpoint, name = make_checkpoint(tmp_path if make_checkpoint is _converted_folder else request)
     image_path, out = _write_chelsea(tmp_path), tmp_path / "stages.png"
     capsys.readouterr()
     assert vis.main(["--image", str(image_path), "--caption", "a cat", "--out", str(out),
@@ -292,7 +278,7 @@ def test_tome_merges_are_traced_back_to_the_patches_every_token_holds():
     image = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, 64, 3)))
     tokens = np.zeros((1, 77), np.int32)
     tokens[0, :3] = [49406, 320, 49407]
-    variables = model.init(jax.random.PRNGKey(0), image[None], tokens)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), image[None], tokens)
     matchings, scores = vis.pruning_decisions(model, variables, image, tokens)
     assert scores is None and len(matchings) == len(model.reduction.merging_blocks()) == 12
     maps = vis.trace_merges(matchings, model.reduction)
