@@ -47,6 +47,7 @@ def test_the_predictor_and_tokens_of_dir_run_on_the_pretrained_backbone(folders,
     payload = cli.main(cli_args(root, data_dir, tmp_path / "r.json", "--reduction", METHOD,
                                 "--predictor", str(root / "predictor")))
     assert payload["reduction"]["method"] == METHOD and payload["reduction"]["protected"] == 2
+    assert payload["model"] == "pretrained" and payload["predictor"] == str(root / "predictor")
     # the same evaluation by hand: the backbone of --pretrained, everything else of DIR
     params = jax.tree_util.tree_map(np.asarray, backbone["params"])
     params["visual"] = {**params["visual"], **{k: own["params"]["visual"][k]

@@ -159,7 +159,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             reduction["begin_layers"] = checked["begin_layers"]
     if args.predictor:
         model, variables = with_predictor(model, variables, args.predictor, reduction)
-        name = f"{name}+{os.path.basename(os.path.normpath(args.predictor))}"
     else:
         reduced = evaluator.with_reduction(model, keeping_schedule(model, reduction))
         if args.pretrained:  # a --model is random throughout: its scorer may be too (smoke tests)
@@ -169,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   batch_size=checked["batch_size"], mesh=mesh, image_key=args.image_key,
                   label_key=args.label_key, text_key=args.text_key)
     record_args = dict(dataset=args.dataset, model=name, task=args.task, split=args.split,
-                       pretrained=args.pretrained)
+                       pretrained=args.pretrained, **({"predictor": args.predictor} if args.predictor else {}))
 
     if checked["schedules"]:
         method = sweep_method(args)
@@ -258,7 +257,8 @@ def sweep_title(args, model_name: str, method: str) -> dict:
             "method": method,
             ("r (as typed)" if get_method(method).sweep_parameter == SWEEP_R else "keep ratios (as typed)"):
                 args.reduction_sweep,
-            **({"begin layers": args.begin_layers} if args.begin_layers else {})}
+            **({"begin layers": args.begin_layers} if args.begin_layers else {}),
+            **({"predictor": args.predictor} if args.predictor else {})}
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -267,8 +267,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def record(outcome: dict, record_args: dict) -> dict:
+    record_args = dict(record_args)
+    predictor = record_args.pop("predictor", None)  # the model is still --pretrained's backbone: said beside it
     return result_record(metrics=outcome["metrics"], reduction=outcome["reduction"],
                          flops_per_image=outcome["flops_per_image"],
                          examples_per_second=outcome["examples_per_second"],
                          num_examples=outcome["num_examples"],
-                         extra={"skipped_examples": outcome.get("skipped_examples", {})}, **record_args)
+                         extra={"skipped_examples": outcome.get("skipped_examples", {}),
+                                **({"predictor": predictor} if predictor else {})}, **record_args)
