@@ -130,6 +130,7 @@ def draw(found: dict, about: dict, metric: str = "acc1", title: Optional[str] = 
     colours = {method: PALETTE[i % len(PALETTE)] for i, method in enumerate(found)}
     # single points (the unpruned model) last and larger, so that the curves starting there do not hide them
     order = sorted(found, key=lambda method: len(found[method]) == 1)
+    labels = []  # drawn after every line, on white, so that no curve crosses a point's name
     for method in order:
         points, colour = found[method], colours[method]
         where = [at(f, v) for f, v, _ in points]
@@ -139,7 +140,11 @@ def draw(found: dict, about: dict, metric: str = "acc1", title: Optional[str] = 
         for (x, y), (_, _, name) in zip(where, points):
             canvas.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline="black")
             if name:
-                canvas.text((x + 7, y - 7), name, fill=colour, font=small, anchor="ld")
+                labels.append(((x + 7, y - 7), name, colour))
+    for where, name, colour in labels:
+        box = canvas.textbbox(where, name, font=small, anchor="ld")
+        canvas.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill="white")
+        canvas.text(where, name, fill=colour, font=small, anchor="ld")
     for i, (method, points) in enumerate(found.items()):
         legend_y = top + 10 + 28 * i
         canvas.line([(right + 20, legend_y), (right + 50, legend_y)], fill=colours[method], width=3)
