@@ -53,7 +53,7 @@ def run_folder(tmp_path_factory):
 def made_once(tmp_path_factory, name: str, make) -> str:
     """make(folder) -> str, run once per test run whichever xdist worker asks first; the others wait on a file
     lock and get the same result. What it makes is shared: a test that changes it copies it first."""
-    from filelock import FileLock
+    from filelock import FileLock  # pinned in requirements/runtime.txt, which .venv-test installs too
 
     root = run_folder(tmp_path_factory) / "shared"
     root.mkdir(exist_ok=True)

@@ -15,7 +15,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 import elip_jax
-from elip_jax.data import prepare_builtin
 from elip_jax.train.defaults import validate_config
 from elip_jax.train.loop import train
 from elip_jax.train.metrics import read_scalars
@@ -29,8 +28,15 @@ import smoke  # noqa: E402  (configs/smoke.py)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return prepare_builtin(str(tmp_path_factory.mktemp("data")), config="small")
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: prepared once per run
+
+
+@pytest.fixture(scope="module")
+def trained(smoke_workdir):
+    """configs/smoke.py as it is, trained to the end (12 steps, checkpoints kept at 8, 10 and 12) once per run
+    (tests/conftest.py): shared, so a test that changes it works on a copy."""
+    return smoke_workdir()
 
 
 def smoke_config(data_dir, **overrides):
@@ -243,7 +249,7 @@ def test_sigterm_saves_and_stops_and_a_rerun_finishes(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
+def test_resume_after_sigkill_is_bit_identical(data_dir, trained, tmp_path):
     steps = 12
     interrupted = str(tmp_path / "interrupted")
     proc = run_cli(interrupted, data_dir, wait=False)
@@ -259,8 +265,7 @@ def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
     summary = train(smoke_config(data_dir), interrupted)  # resume in this process
     assert summary["finished"] and summary["steps"] == steps
 
-    uninterrupted = str(tmp_path / "uninterrupted")
-    train(smoke_config(data_dir), uninterrupted)
+    uninterrupted = trained  # the same config, trained without interruption
     a, b = final_params(interrupted, steps), final_params(uninterrupted, steps)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     for step, loss in losses(uninterrupted).items():
@@ -336,20 +341,12 @@ def snapshot(directory):
     return files
 
 
-@pytest.fixture(scope="module")
-def six_steps(data_dir, tmp_path_factory):
-    """A workdir trained for 6 steps (checkpoints at 2, 4, 6), copied by each test that changes it."""
-    workdir = str(tmp_path_factory.mktemp("six") / "run")
-    train(smoke_config(data_dir, num_steps=6), workdir)
-    return workdir
-
-
-def test_a_resume_with_another_model_is_refused_in_one_line_before_anything_is_written(six_steps, data_dir,
+def test_a_resume_with_another_model_is_refused_in_one_line_before_anything_is_written(trained, data_dir,
                                                                                       tmp_path):
     workdir = str(tmp_path / "run")
-    shutil.copytree(six_steps, workdir)
+    shutil.copytree(trained, workdir)
     before = snapshot(workdir)
-    proc = run_cli(workdir, data_dir, "--config.num_steps=8", "--config.loss=siglip", "--config.batch_size=32",
+    proc = run_cli(workdir, data_dir, "--config.num_steps=14", "--config.loss=siglip", "--config.batch_size=32",
                    "--config.model.image_size=32", devices=1, wait=False, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-3000:]
@@ -361,49 +358,49 @@ def test_a_resume_with_another_model_is_refused_in_one_line_before_anything_is_w
     assert snapshot(workdir) == before  # config.json and model_config.json still describe the checkpoints
 
 
-def test_a_resume_past_a_truncated_checkpoint_logs_no_step_twice_and_keeps_the_first_record(six_steps, data_dir,
+def test_a_resume_past_a_truncated_checkpoint_logs_no_step_twice_and_keeps_the_first_record(trained, data_dir,
                                                                                            tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    shutil.copytree(six_steps, workdir)
+    shutil.copytree(trained, workdir)
     first_losses = losses(workdir)
     config_before = snapshot(workdir)["config.json"]
-    corrupt(workdir, 6)
-    summary = train(smoke_config(data_dir, num_steps=8), workdir)
-    assert summary["finished"] and summary["steps"] == 8
+    corrupt(workdir, 12)
+    summary = train(smoke_config(data_dir, num_steps=14), workdir)
+    assert summary["finished"] and summary["steps"] == 14
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if "could not be restored" in line]
     assert len(failed) == 2, out  # the step that failed and why; where it went
-    assert failed[0].startswith("checkpoint step 6 in") and "OUT_OF_RANGE" in failed[0]
-    assert "resuming from step 4" in failed[1]
-    assert os.path.isdir(os.path.join(workdir, "unrestorable_checkpoints", "6"))
+    assert failed[0].startswith("checkpoint step 12 in") and "OUT_OF_RANGE" in failed[0]
+    assert "resuming from step 10" in failed[1]
+    assert os.path.isdir(os.path.join(workdir, "unrestorable_checkpoints", "12"))
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        assert [json.loads(line)["step"] for line in f] == list(range(1, 9))
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 15))
     scalars = read_scalars(os.path.join(workdir, "tensorboard"))
     for tag in ("train/loss", "train/lr"):
-        assert sorted(step for step, _ in scalars[tag]) == list(range(1, 9)), tag
-    # step 5 starts from checkpoint 4 (parameters and data iterator): its loss is the first run's; later ones
-    # differ, since the cosine schedule now ends at step 8
-    assert losses(workdir)[5] == first_losses[5]
+        assert sorted(step for step, _ in scalars[tag]) == list(range(1, 15)), tag
+    # step 11 starts from checkpoint 10 (parameters and data iterator): its loss is the first run's; later ones
+    # differ, since the cosine schedule now ends at step 14
+    assert losses(workdir)[11] == first_losses[11]
 
-    assert snapshot(workdir)["config.json"] == config_before  # what steps 1-6 were trained with
+    assert snapshot(workdir)["config.json"] == config_before  # what steps 1-12 were trained with
     with open(os.path.join(workdir, "config_history.jsonl")) as f:
         (entry,) = [json.loads(line) for line in f]
-    assert entry["resumed_from_step"] == 4 and entry["changed"] == {"num_steps": [6, 8]}
+    assert entry["resumed_from_step"] == 10 and entry["changed"] == {"num_steps": [12, 14]}
 
 
-def test_a_workdir_whose_checkpoints_all_fail_is_one_error_naming_them(six_steps, data_dir, tmp_path):
+def test_a_workdir_whose_checkpoints_all_fail_is_one_error_naming_them(trained, data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    shutil.copytree(six_steps, workdir)
-    for step in (2, 4, 6):
+    shutil.copytree(trained, workdir)
+    for step in (8, 10, 12):
         corrupt(workdir, step)
-    proc = run_cli(workdir, data_dir, "--config.num_steps=8", devices=1, wait=False, stderr=subprocess.PIPE)
+    proc = run_cli(workdir, data_dir, "--config.num_steps=14", devices=1, wait=False, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: no checkpoint in"), err
-    assert all(os.path.join(workdir, "checkpoints", str(s)) in errors[0] for s in (2, 4, 6))
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]  # nothing moved
+    assert all(os.path.join(workdir, "checkpoints", str(s)) in errors[0] for s in (8, 10, 12))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["8", "10", "12"]  # nothing moved
 
 
 # ---------------------------------------------------------------- the command line
@@ -435,15 +432,15 @@ def test_bad_input_is_one_line_and_exit_code_2(flags, message, data_dir, tmp_pat
     assert "Traceback" not in out.stdout + out.stderr
 
 
-def test_compare_costs_reports_what_elip_saves_from_xla_without_training(six_steps, data_dir):
+def test_compare_costs_reports_what_elip_saves_from_xla_without_training(trained, data_dir):
     """What the demo shows: XLA's FLOPs and temporary memory of one training step, ELIP against unpruned; the
     trained workdir lends its measured step, so only the unpruned one is compiled."""
-    with open(os.path.join(six_steps, "summary.json")) as f:
+    with open(os.path.join(trained, "summary.json")) as f:
         summary = json.load(f)
-    before = snapshot(six_steps)
+    before = snapshot(trained)
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # the devices the workdir was trained on (conftest: 8)
-    cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py", f"--workdir={six_steps}",
-           f"--config.data.data_dir={data_dir}", "--config.num_steps=6", "--compare_costs"]
+    cmd = [sys.executable, "-m", "elip_jax.train", f"--config={REPO}/configs/smoke.py", f"--workdir={trained}",
+           f"--config.data.data_dir={data_dir}", "--config.num_steps=12", "--compare_costs"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
@@ -454,4 +451,4 @@ def test_compare_costs_reports_what_elip_saves_from_xla_without_training(six_ste
     assert float(elip[1]) == pytest.approx(summary["flops_per_step_per_device"] / 1e9, rel=0.01)
     assert float(elip[3]) == pytest.approx(summary["temp_bytes_per_device"] / 2**20, rel=0.01)
     assert float(elip[1]) < float(unpruned[1]) and "fewer FLOPs" in lines[3]
-    assert snapshot(six_steps) == before  # nothing trained or written
+    assert snapshot(trained) == before  # nothing trained or written
