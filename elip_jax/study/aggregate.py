@@ -255,7 +255,7 @@ def markdown(report: dict) -> str:
             parts = []
             if "equal_steps_gap_points" in t:
                 parts.append(f"top-1 at equal steps {t['equal_steps_gap_points']:+.1f} points "
-                             f"({'within' if t['equal_steps_within_1_point'] else 'NOT within'} 1 point)")
+                             f"({'meets' if t['equal_steps_within_1_point'] else 'misses'}: at most 1 point below)")
             if "equal_memory_batch_ratio" in t:
                 parts.append(f"largest batch at equal memory {t['equal_memory_batch_ratio']:.2f}x "
                              f"({'meets' if t['equal_memory_at_least_1_4x'] else 'misses'} 1.4x)")
