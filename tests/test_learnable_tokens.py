@@ -66,14 +66,14 @@ def test_deep_tokens_replace_the_protected_tail_before_every_block_after_the_fir
     assert params["params"]["visual"]["learnable_tokens"].shape == (PROTECTED, WIDTH)
     assert params["params"]["visual"]["deep_tokens"].shape == (DEPTH - 1, PROTECTED, WIDTH)
     images = images_of()
-    out = model.apply(params, images, method=model.encode_image)
+    out = jax.jit(lambda p, x: model.apply(p, x, method=model.encode_image))(params, images)
     np.testing.assert_allclose(out, reference_deep_features(params, images, model.config), rtol=1e-5, atol=1e-5)
 
     def loss(deep):
         p = {"params": {**params["params"], "visual": {**params["params"]["visual"], "deep_tokens": deep}}}
         return model.apply(p, images, method=model.encode_image).sum()
 
-    grads = jax.grad(loss)(params["params"]["visual"]["deep_tokens"])  # every block's set is used
+    grads = jax.jit(jax.grad(loss))(params["params"]["visual"]["deep_tokens"])  # every block's set is used
     assert all(float(jnp.abs(g).sum()) > 0 for g in grads)
 
 
@@ -138,8 +138,9 @@ def test_deep_protected_tokens_are_never_pruned_or_merged(method):
     schedule = model.reduction
     images = images_of()
     guide = jax.random.normal(jax.random.key(5), (2, 32))
-    _, state = model.apply(params, images, guide=guide, rng=jax.random.key(2), method=model.encode_image,
-                           mutable=["intermediates"])
+    encode = jax.jit(lambda p, x, g, k: model.apply(p, x, guide=g, rng=k, method=model.encode_image,
+                                                    mutable=["intermediates"]))  # compiled: faster than eager
+    _, state = encode(params, images, guide, jax.random.key(2))
     visual = state["intermediates"]["visual"]
     found = list(visual.get("kept_indices", ())) + list(visual.get("tome_matchings", ()))
     assert found, f"{method} did not reduce"
@@ -164,7 +165,7 @@ def test_tokens_travel_with_folders_and_workdirs_and_survive_a_change_of_method(
     assert tome.reduction.protected == PROTECTED
     for key in ("learnable_tokens", "deep_tokens"):
         np.testing.assert_array_equal(tome_params["params"]["visual"][key], variables["params"]["visual"][key])
-    assert tome.apply(tome_params, images, method=tome.encode_image).shape == (1, 32)
+    assert jax.jit(lambda p, x: tome.apply(p, x, method=tome.encode_image))(tome_params, images).shape == (1, 32)
 
     workdir = tmp_path / "run"  # a workdir: model_config.json carries the config fields, reduction.json the count
     (workdir / "checkpoints").mkdir(parents=True)
