@@ -112,7 +112,7 @@ def _step_setup(accum=1, lr=1e-3):
     model = elip_jax.create_model("tiny", reduction="elip")
     images = jax.random.randint(jax.random.key(1), (8, 64, 64, 3), 0, 256).astype(jnp.uint8)
     tokens = elip_jax.tokenize([f"a {c} circle" for c in ("red", "blue", "green", "white") * 2])
-    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]  # compiled: faster
     tx = optax.scale_by_adam()  # the direction; the step applies the schedule's rate (train/optim.py)
     step = make_train_step(model, tx, optax.constant_schedule(lr), loss_name="clip", logit_scale_max=100.0,
                            grad_accum_steps=accum)
@@ -170,7 +170,7 @@ def test_after_a_skipped_step_the_logged_rate_is_the_rate_used():
     model = elip_jax.create_model("tiny", reduction="elip")
     images = jax.random.randint(jax.random.key(1), (8, 64, 64, 3), 0, 256).astype(jnp.uint8)
     tokens = jnp.asarray(elip_jax.tokenize([f"a {c} circle" for c in ("red", "blue", "green", "white") * 2]))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens[:1])["params"]  # compiled: faster
     tx = make_optimizer(config.optim)
     schedule = learning_rate_schedule(config.optim, num_steps=100)
     step = jax.jit(make_train_step(model, tx, schedule, loss_name="clip", logit_scale_max=100.0))
