@@ -253,3 +253,13 @@ def test_the_command_lists_its_subcommands_and_wants_one(capsys):
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("golden", "train-predictor", "tune-tokens", "benchmark-golden"))
     assert patch_ranking_main([]) == 2
+
+
+def test_golden_command_with_a_zero_shot_score_builds_the_classifier_first(pretrained, tmp_path):
+    output = tmp_path / "max"
+    argv = golden_args(pretrained, output, "--score", "max")
+    argv[argv.index("test[:10]")] = "test[:4]"
+    assert patch_ranking_run(argv) == 0
+    reader = rankings_lib.read_rankings(str(output))
+    assert reader.complete and reader.meta["settings"]["score"] == "max"
+    assert sorted(reader.rankings[0]) == list(range(P))

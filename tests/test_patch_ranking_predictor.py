@@ -190,6 +190,7 @@ def predictor_step_flops(model, variables, frozen, batch_size=8):
     return xla_flops(jax.jit(step).lower(state, batch).compile())
 
 
+@pytest.mark.slow  # two training steps of tiny-12 compiled: about 45 s on 2 cores
 def test_frozen_parameters_cost_no_backward_pass():
     model = elip_jax.create_model("tiny-12", reduction="patch_ranking")  # prune layer 3
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 77), jnp.int32))

@@ -163,10 +163,15 @@ def _normalize(x):
 
 
 def score_features(features, reference, score: str, labels=None, class_embeddings=None, logit_scale=None):
-    """Higher = safer to remove. features [N, E]; reference [N, E] normalised unpruned embeddings."""
+    """Higher = safer to remove. features [N, E]; reference [N, E] normalised unpruned embeddings.
+
+    'similarity' is cos(f, e) - 1, computed as -|f - e|^2 / 2 (equal for unit vectors): removing one patch moves
+    the embedding very little, so the cosines of most candidates lie within a few float32 steps of 1 (6e-8 apart)
+    and would tie or be ordered by rounding; the distance keeps float32's relative precision on the small change.
+    """
     features = _normalize(features.astype(jnp.float32))
     if score == "similarity":
-        return jnp.sum(features * reference, axis=-1)
+        return -0.5 * jnp.sum(jnp.square(features - reference), axis=-1)
     probabilities = jax.nn.softmax(logit_scale * features @ class_embeddings.T, axis=-1)
     if score == "max":
         return probabilities.max(axis=-1)

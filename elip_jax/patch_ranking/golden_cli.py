@@ -108,6 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_arguments(args)
     import jax
+    from jax.sharding import Mesh
     from elip_jax import checkpoints, data as data_lib
     from elip_jax.data.eval_pipeline import PrepareEvalExample
     from elip_jax.patch_ranking import rankings as rankings_lib
@@ -130,10 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = rankings_lib.start_folder(args.output, meta) if main_process else []
     source = data_lib.open_source(dataset, args.split, data_dir)
     prepare = PrepareEvalExample("image", "label", model.config.image_size)
-    search = GoldenSearch(model, variables, settings, mode=args.mode, candidate_batch=args.candidate_batch)
-    if args.score != "similarity":
-        search.class_embeddings = jax.device_put(
-            class_embeddings_for(model, variables, dataset, data_dir, search.mesh), search.replicated)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    classes = (class_embeddings_for(model, variables, dataset, data_dir, mesh) if args.score != "similarity"
+               else None)
+    search = GoldenSearch(model, variables, settings, mode=args.mode, candidate_batch=args.candidate_batch,
+                          class_embeddings=classes, mesh=mesh)
     starts = [s for s in range(0, num_examples, args.batch_size) if s not in set(done)]
     already = num_examples - sum(min(args.batch_size, num_examples - s) for s in starts)
     print(f"golden rankings of {dataset} {args.split}: {num_examples} images, {len(starts)} chunk(s) to compute "
