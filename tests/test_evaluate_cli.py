@@ -97,6 +97,8 @@ def one_line_error(capsys, argv, monkeypatch, match):
     (["--keep-ratios", "0.9,x"], "--keep-ratios takes comma-separated floats"),
     (["--batch-size", "12"], "multiple of the 8 devices"),
     (["--task", "classify"], "invalid choice"),
+    (["--reduction", "tome", "--drop-merged"], "--reduction tome does not"),
+    (["--reduction", "evit", "--drop-merged", "--reduction-sweep", "1.0;0.5"], "not to --reduction-sweep"),
 ])
 def test_bad_requests_fail_in_one_line_before_loading_the_model(tmp_path, data_dir, capsys, monkeypatch, flags,
                                                               match):

@@ -194,6 +194,26 @@ def test_every_method_keeps_the_scheduled_counts_and_distinct_sorted_indices(met
         assert indices.max() < model.reduction.candidates(stage)
 
 
+def test_evit_without_its_merged_token_drops_what_it_would_merge():
+    """merge=False: the same decisions as EViT (its scores come from the block before), one token fewer after the
+    stage, and a schedule that saves and rebuilds as such; methods that do not fuse into one token refuse it."""
+    variables = tiny_variables()
+    images, _, _ = tiny_inputs()
+    options = dict(begin_layers=(3,), keep=(39,))
+    fused = elip_jax.create_model("tiny-12", reduction=dict(method="evit", **options))
+    dropped = elip_jax.create_model("tiny-12", reduction=dict(method="evit", merge=False, **options))
+    assert dropped.reduction.tokens_per_block() == [65] * 3 + [40] * 9
+    assert fused.reduction.tokens_per_block() == [65] * 3 + [41] * 9
+    assert make_schedule(num_patches=64, depth=12, **dropped.reduction.options()) == dropped.reduction
+    fused_out, fused_kept = encode(fused, variables, images)
+    dropped_out, dropped_kept = encode(dropped, variables, images)
+    np.testing.assert_array_equal(np.asarray(fused_kept[0]), np.asarray(dropped_kept[0]))
+    assert not np.allclose(np.asarray(fused_out), np.asarray(dropped_out))
+    for method in ("tome", "random", "none"):
+        with pytest.raises(ValueError, match="merge applies to methods that fuse"):
+            make_schedule(method, 64, 12, merge=False)
+
+
 def test_the_guide_changes_elip_decisions_and_random_follows_its_key():
     variables = tiny_variables()
     images, _, guide = tiny_inputs()

@@ -27,7 +27,7 @@ from elip_jax.evaluate.results import (TASKS, atomic_write, result_record, sweep
                                       write_json)
 from elip_jax.evaluate.sharding import check_batch_size, data_mesh, is_main_process
 from elip_jax.reduction import evaluation_methods, get_method
-from elip_jax.reduction.registry import SWEEP_R
+from elip_jax.reduction.registry import MERGE_ONE, SWEEP_R
 
 
 def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optional[str] = None, seed: int = 0,
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule is used unless --keep-ratios/--begin-layers are given")
     p.add_argument("--keep-ratios", default=None, help="comma-separated keep ratios, e.g. 0.9,0.65,0.4")
     p.add_argument("--begin-layers", default=None, help="comma-separated blocks to prune before, e.g. 2,4,10")
+    p.add_argument("--drop-merged", action="store_true",
+                   help="for a method that fuses each stage's pruned tokens into one merged token (evit): drop them "
+                        "instead (EViT without its fused token)")
     p.add_argument("--reduction-sweep", default=None,
                    help="';'-separated schedules for --reduction (default evit): keep ratios such as "
                         "'1.0,1.0,1.0;0.9,0.65,0.4', or for tome values of r such as '0;4;9;16d' (d: decreasing). "
@@ -122,6 +125,12 @@ def check_arguments(args, mesh) -> dict:
     schedules = parse_sweep(args.reduction_sweep, sweep_method(args)) if args.reduction_sweep else None
     if schedules and args.begin_layers and get_method(sweep_method(args)).sweep_parameter == SWEEP_R:
         raise UsageError(f"--begin-layers does not apply to {sweep_method(args)}, which merges inside every block")
+    if args.drop_merged:
+        if args.reduction_sweep:
+            raise UsageError("--drop-merged applies to one evaluation, not to --reduction-sweep")
+        if get_method(args.reduction).removal != MERGE_ONE:
+            raise UsageError(f"--drop-merged applies to methods that fuse the pruned tokens into one merged token; "
+                             f"--reduction {args.reduction} does not")
     if args.predictor and not os.path.isdir(args.predictor):
         raise UsageError(f"--predictor {args.predictor!r} is not a directory (a folder written by train-predictor "
                          "or tune-tokens)")
@@ -157,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             reduction["keep_ratios"] = checked["keep_ratios"]
         if checked["begin_layers"]:
             reduction["begin_layers"] = checked["begin_layers"]
+        if args.drop_merged:
+            reduction["merge"] = False
     if args.predictor:
         model, variables = with_predictor(model, variables, args.predictor, reduction)
     else:

@@ -101,7 +101,7 @@ def create_model(name: str, reduction: Optional[ReductionSchedule | str | dict] 
     overrides: any `CLIPConfig` field (image_size=256, dtype='bfloat16' or jnp.bfloat16, remat=True, ...).
     reduction: a `ReductionSchedule`, a registered method name (`elip_jax.reduction.registered_methods()`:
     'none', 'elip', 'elip_inline', 'evit', 'random', 'tome', ...) with the default schedule for this tower, or a
-    dict of `make_schedule` arguments (method, begin_layers, keep_ratios or keep, r, protected, mix).
+    dict of `make_schedule` arguments (method, begin_layers, keep_ratios or keep, r, protected, mix, merge).
     """
     if "dtype" in overrides:
         overrides["dtype"] = resolve_dtype(overrides["dtype"])

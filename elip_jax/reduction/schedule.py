@@ -123,6 +123,8 @@ class ReductionSchedule:
             options["r"] = tuple(self.r)
         elif self.begin_layers:
             options.update(begin_layers=tuple(self.begin_layers), keep=tuple(self.keep))
+            if self.spec.removal == MERGE_ONE and not self.merge:
+                options["merge"] = False
         return options
 
 
@@ -151,13 +153,15 @@ def make_schedule(method: str, num_patches: int, depth: int,
                   mix: float = DEFAULT_MIX, *,
                   keep: Optional[Sequence[int]] = None,
                   protected: int = 0,
-                  r=None, decreasing: bool = False) -> ReductionSchedule:
+                  r=None, decreasing: bool = False, merge: Optional[bool] = None) -> ReductionSchedule:
     """Builds and validates a schedule for a tower with `num_patches` patches and `depth` blocks.
 
     Between-block methods take keep_ratios (of the ORIGINAL patch count, floored: docs/elip.md) or exact keep
     counts (`keep=(118,)`), at most one of the two; neither: the method's default. Inside-block methods (ToMe)
     take r: one int for every block, or one per block; decreasing=True makes r fall from 2r to 0 over the blocks.
     protected: learnable tokens after the patches that are never pruned or merged.
+    merge=False: a method that fuses each stage's pruned tokens into one merged token (ELIP, EViT) drops them
+    instead (EViT without its fused token, the comparison Patch Ranking draws); None: the method's own choice.
     Raises ValueError naming the bad value and the valid range.
     """
     spec = get_method(method)
@@ -167,6 +171,9 @@ def make_schedule(method: str, num_patches: int, depth: int,
         raise ValueError(f"reduction mix (lambda) must be in [0, 1], got {mix}")
     if isinstance(protected, bool) or not isinstance(protected, int) or protected < 0:
         raise ValueError(f"protected (learnable tokens never pruned) must be an int >= 0, got {protected!r}")
+    if merge is not None and spec.removal != MERGE_ONE:
+        raise ValueError(f"merge applies to methods that fuse each stage's pruned tokens into one merged token "
+                         f"(removal {MERGE_ONE!r}); {method!r} has removal {spec.removal!r}")
     stage_options = {k: v for k, v in (("begin_layers", begin_layers), ("keep_ratios", keep_ratios), ("keep", keep))
                      if v is not None}
     if spec.placement == INSIDE_BLOCKS:
@@ -179,10 +186,12 @@ def make_schedule(method: str, num_patches: int, depth: int,
                          "begin_layers with keep_ratios or keep")
     if spec.placement != BETWEEN_BLOCKS:
         return ReductionSchedule(method, (), (), num_patches, depth, True, mix, protected)
-    return _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, mix, protected)
+    return _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, mix, protected,
+                           spec.removal == MERGE_ONE and merge is not False)  # None: the method's choice
 
 
-def _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, mix, protected) -> ReductionSchedule:
+def _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, mix, protected,
+                    merge) -> ReductionSchedule:
     method = spec.name
     if keep_ratios is not None and keep is not None:
         raise ValueError("give keep_ratios or keep (exact counts), not both")
@@ -219,8 +228,7 @@ def _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, m
     for i, k in enumerate(counts):
         if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"keep[{i}] = {k!r} must be an int (an exact count of candidates)")
-    schedule = ReductionSchedule(method, begin, counts, num_patches, depth, spec.removal == MERGE_ONE, mix,
-                                 protected)
+    schedule = ReductionSchedule(method, begin, counts, num_patches, depth, merge, mix, protected)
     for stage, k in enumerate(counts):
         available = schedule.candidates(stage)
         if not 1 <= k <= available:
