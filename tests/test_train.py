@@ -21,10 +21,9 @@ from elip_jax.train.metrics import read_scalars
 from elip_jax.train.optim import decay_mask, learning_rate_schedule, make_optimizer
 from elip_jax.train.step import init_state, make_train_step
 from elip_jax.train.workdir import load_workdir
+from tests.conftest import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import smoke  # noqa: E402  (configs/smoke.py)
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +36,6 @@ def trained(smoke_workdir):
     """configs/smoke.py as it is, trained to the end (12 steps, checkpoints kept at 8, 10 and 12) once per run
     (tests/conftest.py): shared, so a test that changes it works on a copy."""
     return smoke_workdir()
-
-
-def smoke_config(data_dir, **overrides):
-    config = smoke.get_config()
-    config.data.data_dir = data_dir
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
 
 
 def run_cli(workdir, data_dir, *flags, devices=8, env_extra=None, wait=True, stderr=subprocess.STDOUT):

@@ -2,7 +2,6 @@
 config, all decided once by train/setup.py:plan before anything compiles."""
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +19,12 @@ from elip_jax.train.setup import plan
 from elip_jax.train.step import init_state, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import smoke  # noqa: E402  (configs/smoke.py)
+from tests.conftest import smoke_config  # noqa: E402
 
 
 def tiny_config(**overrides):
-    config = smoke.get_config()
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    """configs/smoke.py (no data directory: nothing here reads data), with dotted overrides."""
+    return smoke_config("", **overrides)
 
 
 # --- losses ------------------------------------------------------------------------------------------------
@@ -180,12 +172,12 @@ def test_reduction_config_reaches_the_schedule_with_r_exact_counts_and_protected
     counts and learnable tokens; keep and keep_ratios together are refused, naming the key."""
     from elip_jax.train.setup import build_model
 
-    config = smoke.get_config("tome")
+    config = smoke_config("", "tome")
     config.reduction.r, config.reduction.decreasing = 4, True
     validate_config(config)
     assert build_model(config).reduction.tokens_per_block() == [65, 57, 52, 49]
 
-    config = smoke.get_config("evit")
+    config = smoke_config("", "evit")
     config.reduction.begin_layers, config.reduction.keep, config.reduction.protected = (1,), (40,), 2
     validate_config(config)
     schedule = build_model(config).reduction

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Optional
 
 from elip_jax.fileio import atomic_write_json, atomic_write_text
+from elip_jax.train.resume import flatten
 from elip_jax.study import aggregate, plots
 from elip_jax.study.measure import large_batch_runs, measure_plan
 from elip_jax.study.runs import (RunKey, baseline_method, finished, read_summary, run_config, run_dir,
@@ -56,16 +57,6 @@ def read_json(path: str) -> Optional[dict]:
         return None
 
 
-def flat(document, prefix=""):
-    out = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_study_record(study: Study) -> None:
     """Writes study.json on a new study; ValueError naming the keys when the workdir holds another config's."""
     path = os.path.join(study.workdir, STUDY_FILE)
@@ -74,7 +65,7 @@ def check_study_record(study: Study) -> None:
     if recorded is None:
         atomic_write_json(path, {"config_name": study.config_name, "config": config})
         return
-    before, now = flat(recorded["config"]), flat(config)
+    before, now = flatten(recorded["config"]), flatten(config)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         shown = ", ".join(f"{k} (was {before.get(k)!r}, now {now.get(k)!r})" for k in changed[:4])
