@@ -183,9 +183,10 @@ def test_cheap_last_lookahead_block_gives_the_decisions_of_the_full_block():
 
 @pytest.mark.parametrize("method", STAGE_METHODS)
 def test_every_method_keeps_the_scheduled_counts_and_distinct_sorted_indices(method):
-    variables = tiny_variables()
+    from elip_jax.checkpoints import fit_variables
     images, _, guide = tiny_inputs()
     model = elip_jax.create_model("tiny-12", reduction=method)
+    variables = fit_variables(model, tiny_variables())  # plus what the method owns (a learned scorer)
     _, kept = encode(model, variables, images, guide=guide, rng=jax.random.key(7))
     assert [k.shape[1] for k in kept] == list(model.reduction.keep)
     for stage, indices in enumerate(kept):

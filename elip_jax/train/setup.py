@@ -296,6 +296,7 @@ def setup(config, workdir: str, objective: Optional[Objective] = None) -> TrainC
     model_record = dataclasses.asdict(p.model.config)
     resume.check_resumable(workdir, config.to_dict(), model_record)
     data_config, train_iter = p.objective.open_data(config, p) or open_train_data(config, p)
+    checkpointer = None
     try:
         evaluators = p.objective.build_evaluators(config, p, data_config)
         if evaluators is None:
@@ -312,6 +313,8 @@ def setup(config, workdir: str, objective: Optional[Objective] = None) -> TrainC
         compiled, flops, temp_bytes = compile_or_recall(p, state, start_step, workdir)
     except BaseException:
         train_iter.close()
+        if checkpointer is not None:  # Orbax's threads, left running, print tracebacks at interpreter exit
+            checkpointer.close()
         raise
     return TrainContext(p, workdir, data_config, train_iter, checkpointer, state, start_step, compiled, flops,
                         temp_bytes, metrics_lib.peak_flops_per_device(config.peak_flops_per_device), evaluators)
