@@ -83,7 +83,8 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list:
 
 
 def flops_unit(largest: float) -> tuple[float, str]:
-    for scale, name in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+    for scale, name in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
+                        (1e3, "kFLOP")):
         if largest >= scale:
             return scale, name
     return 1.0, "FLOP"

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from elip_jax.evaluate.plot import flops_unit, nice_ticks  # one way to choose ticks and FLOP units
 from elip_jax.fileio import atomic_write_bytes
 
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
@@ -21,23 +22,6 @@ REGIME_LABELS = {"equal_steps": "equal steps", "equal_flops": "largest batch, eq
 
 def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size)
-
-
-def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten)."""
-    if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(1, count - 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    start = math.floor(lo / step) * step
-    ticks, value = [], start
-    while value <= hi + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < hi:
-        ticks.append(round(value, 12))
-    return ticks
 
 
 def tick_text(value: float) -> str:
@@ -147,14 +131,6 @@ class Chart:
         atomic_write_bytes(path, buffer.getvalue())
 
 
-def flops_unit(values: Sequence[float]) -> tuple[float, str]:
-    top = max(values)
-    for scale, name in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP")):
-        if top >= scale:
-            return scale, name
-    return 1.0, "FLOP"
-
-
 def method_colors(methods: Sequence[str]) -> dict:
     return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
 
@@ -169,7 +145,7 @@ def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: st
                 points.append((regime, method, g))
     if not points:
         return False
-    scale, unit = flops_unit([g["training_flops"]["mean"] for _, _, g in points])
+    scale, unit = flops_unit(max(g["training_flops"]["mean"] for _, _, g in points))
     xs = [g["training_flops"]["mean"] / scale for _, _, g in points]
     ys = [100 * (g["acc1"]["mean"] + sign * (g["acc1"]["std"] or 0)) for _, _, g in points for sign in (-1, 1)]
     pad_x = (max(xs) - min(xs)) * 0.08 or max(xs) * 0.05
@@ -217,7 +193,7 @@ def loss_curves(runs: Sequence[dict], methods: Sequence[str], path: str, title: 
     curves = {key: value for key, value in curves.items() if value}
     if not curves:
         return False
-    scale, unit = flops_unit([x for c in curves.values() for x, _ in c])
+    scale, unit = flops_unit(max(x for c in curves.values() for x, _ in c))
     xs = [x / scale for c in curves.values() for x, _ in c]
     ys = [y for c in curves.values() for _, y in c]
     chart = Chart([0, max(xs)], ys, title, f"training {unit} (all devices)", "training loss (mean over seeds)")

@@ -30,14 +30,6 @@ def init_state(params, tx: optax.GradientTransformation, seed: int) -> TrainStat
                       nonfinite_in_a_row=zero, nonfinite_total=zero)
 
 
-def make_loss_fn(model, loss: Loss):
-    """The contrastive loss of (params, normalised images, tokens, rng) (the CLIP_PAIRS objective's, unbatched)."""
-    def loss_fn(params, images, tokens, rng):
-        image_features, text_features, logit_scale = model.apply({"params": params}, images, tokens, rng=rng)
-        return loss(params, image_features, text_features, logit_scale)
-    return loss_fn
-
-
 def trained_value_and_grad(loss_fn, frozen=()):
     """value_and_grad of loss_fn(params, *args) over the parameters NOT matched by the `frozen` regexes only.
 
