@@ -160,7 +160,10 @@ def test_settings_defaults_scale_with_depth_and_bad_values_name_the_range():
     assert (s.prune_layer, s.per_step, s.target, s.num_candidates) == (3, 10, 78, 196)
     assert s.removal_counts() == [10] * 7 + [8] and s.candidate_forwards() == 196 * 8
     assert make_settings(elip_jax.get_config("tiny")).prune_layer == 1
-    assert make_settings(elip_jax.get_config("tiny-12")).target == 25
+    tiny12 = make_settings(elip_jax.get_config("tiny-12"))  # 64 patches: the published 10 of 196 per step, scaled
+    assert (tiny12.target, tiny12.per_step, tiny12.removal_counts()) == (25, 3, [3] * 8 + [1])
+    assert make_settings(b16, candidate=2).per_step == 2  # 49 candidates of 2x2 patches
+    assert make_settings(elip_jax.get_config("ViT-B-32")).per_step == 2  # 49 patches
     for kwargs, message in (({"target": 64}, r"target .* \[1, 63\]"), ({"prune_layer": 4}, r"\[0, 3\]"),
                             ({"per_step": 0}, "per step"), ({"score": "entropy"}, "score"),
                             ({"candidate": 3}, "candidate")):

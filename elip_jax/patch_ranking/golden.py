@@ -35,7 +35,11 @@ SCORES = ("similarity", "label", "max")
 MASKING, GATHERING = "masking", "gathering"
 MODES = (MASKING, GATHERING)
 DEFAULT_MODE = GATHERING  # measured faster (time 0.72 of masking, tiny-12 on CPU): BENCHMARKS.md, "Patch Ranking"
-DEFAULT_PER_STEP = 10
+# The published search removes 10 of ViT-B/16's 196 patches per step (about 5 % of the image). Steps that large on
+# a smaller grid remove candidates whose single-candidate scores no longer add up: on 64 patches, 10 per step left
+# some images' embeddings at cosine 0.4-0.6 to the unpruned one (3 per step: above 0.99 on the same images;
+# BENCHMARKS.md "Patch Ranking"). So the default keeps the published fraction of the candidates per step.
+PUBLISHED_PER_STEP, PUBLISHED_CANDIDATES = 10, 196
 DEFAULT_CANDIDATE_BATCH = 64
 REMOVED_BIAS = float(np.finfo(np.float32).min)  # exp(min - max) underflows to exactly 0: the key is never read
 
@@ -104,14 +108,20 @@ class GoldenSettings:
         return dataclasses.asdict(self)
 
 
+def default_per_step(num_candidates: int) -> int:
+    """Candidates removed per greedy step by default: the published 10 of 196, scaled to `num_candidates`
+    (10 for ViT-B/16's patches, 3 for 64 patches, 2 for 49), at least 1."""
+    return max(1, round(PUBLISHED_PER_STEP * num_candidates / PUBLISHED_CANDIDATES))
+
+
 def make_settings(config, *, prune_layer: Optional[int] = None, per_step: Optional[int] = None,
                   target: Optional[int] = None, score: str = "similarity", candidate: int = 1) -> GoldenSettings:
-    """The search for a model config, defaults filled in (layer 3 of 12 scaled to the depth, 10 per step, 40 %
-    of the patches); ValueError naming the value and its valid range."""
+    """The search for a model config, defaults filled in (layer 3 of 12 scaled to the depth, 10 of 196 candidates
+    per step scaled to the candidates, 40 % of the patches); ValueError naming the value and its valid range."""
     from elip_jax.reduction.patch_ranking import default_prune_layer, default_remove_count
     p, depth = config.num_patches, config.vision_layers
     prune_layer = default_prune_layer(depth) if prune_layer is None else prune_layer
-    per_step = DEFAULT_PER_STEP if per_step is None else per_step
+    per_step = default_per_step(p // candidate ** 2) if per_step is None else per_step
     target = default_remove_count(p) if target is None else target
     if isinstance(prune_layer, bool) or not isinstance(prune_layer, int) or not 0 <= prune_layer < depth:
         raise ValueError(f"prune layer must be an int in [0, {depth - 1}] for a {depth}-block tower; got "
@@ -304,8 +314,9 @@ def golden_ranking(model, variables, images, *, prune_layer: Optional[int] = Non
 
     Returns int32 [B, P]: row b lists image b's patch indices (row-major, 0-based) in removal order, removed first
     (within one step by score, highest first); the patches never removed follow, least important first (highest
-    score at the last step). prune_layer/per_step/target: defaults block 3 of 12 scaled to the depth, 10, 40 % of
-    the patches. score: 'similarity' (to the unpruned embedding), 'label' (zero-shot probability of `labels` [B])
+    score at the last step). prune_layer/per_step/target: defaults block 3 of 12 scaled to the depth, 10 candidates
+    per step for 196 scaled to the number of candidates (`default_per_step`), 40 % of the patches.
+    score: 'similarity' (to the unpruned embedding), 'label' (zero-shot probability of `labels` [B])
     or 'max' (highest class probability); the last two need class_embeddings [K, E] (text embeddings).
     candidate: 1 (patches) or 2 (2x2 blocks). mode: MASKING or GATHERING (the same rankings up to float rounding).
     """

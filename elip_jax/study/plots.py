@@ -76,8 +76,9 @@ class Chart:
         else:
             d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline="black")
 
-    def point(self, x: float, y: float, yerr: Optional[float], shape: str, color):
-        px, py = self.px(x), self.py(y)
+    def point(self, x: float, y: float, yerr: Optional[float], shape: str, color, dx: float = 0.0):
+        """A marker with its error bar, `dx` pixels beside x (points at the same x drawn side by side)."""
+        px, py = self.px(x) + dx, self.py(y)
         if yerr:
             top, bottom = self.py(y + yerr), self.py(y - yerr)
             self.draw.line([px, top, px, bottom], fill=color, width=2)
@@ -135,6 +136,22 @@ def method_colors(methods: Sequence[str]) -> dict:
     return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
 
 
+def side_by_side(pixels: Sequence[float], width: float = 16.0) -> list[float]:
+    """Pixel offsets that spread points closer than `width` along x (e.g. `none` at equal steps and a method at
+    equal FLOPs share the x by design) so that no marker or error bar hides another; lone points stay put."""
+    offsets = [0.0] * len(pixels)
+    order = sorted(range(len(pixels)), key=lambda i: pixels[i])
+    cluster = []
+    for i in order + [None]:
+        if i is not None and (not cluster or pixels[i] - pixels[cluster[-1]] < width):
+            cluster.append(i)
+            continue
+        for k, j in enumerate(cluster):
+            offsets[j] = (k - (len(cluster) - 1) / 2) * width
+        cluster = [] if i is None else [i]
+    return offsets
+
+
 def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: str) -> bool:
     """One point per (method, regime) with runs: mean top-1 against mean training FLOPs, error bar one std.
     False (nothing drawn) when no run has both."""
@@ -154,9 +171,10 @@ def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: st
     chart = Chart([min(xs) - pad_x, max(xs) + pad_x], ys, title, f"training {unit} (all devices)",
                   "zero-shot top-1 (%)")
     colors = method_colors(methods)
-    for regime, method, g in points:
+    offsets = side_by_side([chart.px(x) for x in xs])
+    for (regime, method, g), dx in zip(points, offsets):
         chart.point(g["training_flops"]["mean"] / scale, 100 * g["acc1"]["mean"],
-                    100 * g["acc1"]["std"] if g["acc1"]["std"] else None, MARKERS[regime], colors[method])
+                    100 * g["acc1"]["std"] if g["acc1"]["std"] else None, MARKERS[regime], colors[method], dx)
     for method in methods:
         if any(m == method for _, m, _ in points):
             chart.legend(method, colors[method], "circle")
@@ -165,6 +183,8 @@ def accuracy_vs_flops(groups: dict, methods: Sequence[str], path: str, title: st
         if any(r == regime for r, _, _ in points):
             chart.legend(REGIME_LABELS[regime], (200, 200, 200), MARKERS[regime])
     chart.note("bars: 1 std over seeds")
+    if any(offsets):
+        chart.note("points at the same FLOPs: side by side")
     chart.save(path)
     return True
 
