@@ -2,6 +2,7 @@
 and session fixtures for what many modules need: the small built-in dataset and trained smoke workdirs."""
 import os
 import shutil
+import socket
 import sys
 
 import pytest
@@ -48,6 +49,13 @@ def run_folder(tmp_path_factory):
     pytest-xdist documents); the run's own basetemp without xdist. Never one of an earlier run."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a jax.distributed coordinator in multi-process tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def made_once(tmp_path_factory, name: str, make) -> str:

@@ -1,12 +1,13 @@
 """Two real JAX processes (jax.distributed on CPU, gloo): each builds global arrays from its local rows."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.conftest import free_port
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -35,12 +36,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_build_global_batches(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from test_data import IndexedToy  # pylint: disable=g-import-not-at-top
@@ -48,7 +43,7 @@ def test_two_processes_build_global_batches(tmp_path):
     IndexedToy(data_dir=root, file_format="array_record").download_and_prepare()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.getcwd()}
     outputs = [tmp_path / f"out{i}.json" for i in range(2)]

@@ -3,6 +3,9 @@ the method's description (gathering the remaining patches, float64, one image an
 masking against gathering, the on-disk format, the command's resume and its one-line errors."""
 import functools
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +16,7 @@ from elip_jax import checkpoints
 from elip_jax.patch_ranking import golden as golden_lib, golden_cli, rankings as rankings_lib
 from elip_jax.patch_ranking.cli import main as patch_ranking_main, run as patch_ranking_run
 from elip_jax.patch_ranking.golden import GATHERING, MASKING, GoldenSearch, golden_ranking, make_settings
+from tests.conftest import free_port
 from tests.numpy_reference import block, embed, layer_norm, to_numpy_tree
 
 NAME, PATCH, HEADS, DEPTH, P = "tiny", 8, 4, 4, 64
@@ -228,6 +232,29 @@ def test_golden_command_writes_chunks_keyed_by_example_and_resumes_after_an_inte
     np.testing.assert_array_equal(
         golden_ranking(model, variables, np.asarray(normalize_images(raw)), prune_layer=1, per_step=8, target=16),
         reader.rankings[:4])
+
+
+def test_two_processes_continue_a_partial_folder_with_the_rankings_of_one_process(pretrained, tmp_path):
+    """2 processes x 1 CPU device over gloo: the images are sharded over both, process 0 alone saw the folder
+    (the chunks to compute reach the other by broadcast), and the rankings are those of one process."""
+    whole = tmp_path / "whole"
+    assert patch_ranking_run(golden_args(pretrained, whole)) == 0
+    partial = tmp_path / "partial"
+    shutil.copytree(whole, partial)
+    for start in (4, 8):
+        os.remove(rankings_lib.chunk_path(str(partial), start))
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen([sys.executable, "-m", "elip_jax.patch_ranking", *golden_args(pretrained, partial),
+                               "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "2 chunk(s) to compute (4 images done)" in out and "2 device(s)" in out, out[-3000:]
+    np.testing.assert_array_equal(rankings_lib.read_rankings(str(partial)).rankings,
+                                  rankings_lib.read_rankings(str(whole)).rankings)
 
 
 def test_golden_command_refuses_to_continue_another_search_and_bad_flags_are_one_line(pretrained, tmp_path, capsys):

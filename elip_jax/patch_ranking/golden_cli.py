@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from elip_jax.command_line import ArgumentParser, UsageError
+from elip_jax.patch_ranking import rankings as rankings_lib
 
 PROG = "python -m elip_jax.patch_ranking golden"
 
@@ -43,6 +44,14 @@ def build_parser() -> ArgumentParser:
                         "or by gathering the remaining patches (one shape per step)")
     parser.add_argument("--candidate-batch", type=int, default=DEFAULT_CANDIDATE_BATCH,
                         help="candidates computed together (memory: images x this many sequences)")
+    multi = parser.add_argument_group("several processes (each runs the same command; images are sharded over "
+                                      "the devices of all of them; process 0 writes)")
+    multi.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0 (or "
+                       "ELIP_JAX_COORDINATOR, or found by Slurm / TPU pods)")
+    multi.add_argument("--num-processes", type=int, default=None)
+    multi.add_argument("--process-id", type=int, default=None)
+    multi.add_argument("--distributed-timeout-s", type=int, default=300,
+                       help="how long to wait for every process to join")
     return parser
 
 
@@ -104,14 +113,40 @@ def read_images(source, prepare, start: int, count: int):
             np.asarray([r["mask"] for r in rows], bool))
 
 
+def chunks_to_compute(output: str, meta: dict, starts: Sequence[int]) -> list[int]:
+    """The chunk starts not yet written, as process 0 sees them (it alone creates and checks the folder, which
+    other hosts may not even see), the same on every process. A refusal by process 0 (another search in the
+    folder) is raised there and, without the folder's details, on the others."""
+    import jax
+    refusal, done = None, []
+    if jax.process_index() == 0:
+        try:
+            done = rankings_lib.start_folder(output, meta)
+        except ValueError as error:
+            refusal = error
+    plan = np.asarray([refusal is None] + [start in done for start in starts], np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        plan = np.asarray(multihost_utils.broadcast_one_to_all(plan))
+    if refusal is not None:
+        raise refusal
+    if not plan[0]:
+        raise UsageError(f"process 0 refused --output {output!r} (its error says why)")
+    return [start for start, written in zip(starts, plan[1:]) if not written]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_arguments(args)
+    from elip_jax.train.distributed import initialize
+    try:  # before anything touches a device; a single-process run (no flags, no cluster) does nothing here
+        initialize(args.coordinator_address, args.num_processes, args.process_id, args.distributed_timeout_s)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(str(error)) from None
     import jax
     from jax.sharding import Mesh
     from elip_jax import checkpoints, data as data_lib
     from elip_jax.data.eval_pipeline import PrepareEvalExample
-    from elip_jax.patch_ranking import rankings as rankings_lib
     from elip_jax.patch_ranking.golden import GoldenSearch, make_settings
 
     dataset = data_lib.canonical_name(args.dataset)
@@ -128,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "num_patches": settings.num_patches, "chunk_size": args.batch_size, "settings": settings.as_dict(),
             "mode": args.mode, "pretrained": os.path.abspath(args.pretrained), "image_size": model.config.image_size}
     main_process = jax.process_index() == 0
-    done = rankings_lib.start_folder(args.output, meta) if main_process else []
+    starts = chunks_to_compute(args.output, meta, range(0, num_examples, args.batch_size))
     source = data_lib.open_source(dataset, args.split, data_dir)
     prepare = PrepareEvalExample("image", "label", model.config.image_size)
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
@@ -136,7 +171,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                else None)
     search = GoldenSearch(model, variables, settings, mode=args.mode, candidate_batch=args.candidate_batch,
                           class_embeddings=classes, mesh=mesh)
-    starts = [s for s in range(0, num_examples, args.batch_size) if s not in set(done)]
     already = num_examples - sum(min(args.batch_size, num_examples - s) for s in starts)
     print(f"golden rankings of {dataset} {args.split}: {num_examples} images, {len(starts)} chunk(s) to compute "
           f"({already} images done); prune layer {settings.prune_layer}, {settings.target} of "
