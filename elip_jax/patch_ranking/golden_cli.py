@@ -31,7 +31,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output", required=True, help="folder of the rankings (meta.json, chunks/)")
     parser.add_argument("--prune-layer", type=int, default=None,
                         help="the block before which patches go (default: 3 of 12, scaled to the depth)")
-    parser.add_argument("--per-step", type=int, default=None, help="candidates removed per greedy step (default: 10 of 196 candidates, scaled to the tower: 10 for ViT-B/16, 3 for 64 patches)")
+    parser.add_argument("--per-step", type=int, default=None,
+                        help="candidates removed per greedy step (default: the published 10 of 196 candidates, "
+                             "scaled to the tower: 10 for ViT-B/16, 3 for 64 patches)")
     parser.add_argument("--target", type=int, default=None, help="patches removed in all (default 40 %%)")
     parser.add_argument("--candidate", type=int, default=1, choices=(1, 2), help="1: patches, 2: 2x2 blocks")
     parser.add_argument("--score", default="similarity", choices=SCORES,
