@@ -101,7 +101,7 @@ def test_label_to_class_maps_a_subset_label_space():
 def test_every_example_counted_once_and_duplicates_rejected():
     images, labels, _ = coded_examples()
     mesh = data_mesh()
-    program = jax.jit(lambda v, x: {"first": x[:, 0, 0, 0].astype(jnp.int32)})
+    program = jax.jit(lambda v, x, index: {"first": x[:, 0, 0, 0].astype(jnp.int32)})
     results, _ = run_image_program(program, {}, eval_batches(images, labels, mesh, 24))
     np.testing.assert_array_equal(results["index"], np.arange(60))
     np.testing.assert_array_equal(results["first"], images[:, 0, 0, 0])

@@ -32,7 +32,7 @@ def data_dir(builtin_data_dir):
     (dict(type="zeroshot_retrieval", label_key="label"), r"config.evals.x: unknown key\(s\) \['label_key'\]"),
     (dict(type="zeroshot_classification", batch_size=0), r"config.evals.x.batch_size = 0 is invalid"),
     (dict(type="zeroshot_classification", every_steps=-1), r"config.evals.x.every_steps = -1 is invalid"),
-    (dict(type="zeroshot_classification", reduction="random"), r"config.evals.x.reduction = 'random' is invalid"),  # training only
+    (dict(type="zeroshot_classification", reduction="prune"), r"config.evals.x.reduction = 'prune' is invalid"),
 ])
 def test_bad_evaluator_settings_are_named(entry, message):
     with pytest.raises(ValueError, match=message):

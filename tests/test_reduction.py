@@ -108,8 +108,16 @@ def test_methods_refuse_the_options_of_the_other_placement():
         make_schedule("tome", 196, 12, begin_layers=(2,), keep_ratios=(0.5,))
     with pytest.raises(ValueError, match="r and decreasing belong"):
         make_schedule("evit", 196, 12, r=8)
-    with pytest.raises(ValueError, match="random keeps patches at most 1 time"):
-        make_schedule("random", 196, 12, begin_layers=(2,), keep_ratios=(0.5,))
+    with pytest.raises(ValueError, match="random prunes in at most 1 stage, each before one of blocks 0 to 11"):
+        make_schedule("random", 196, 12, begin_layers=(2, 4), keep_ratios=(0.5, 0.4))
+
+
+def test_random_prunes_once_before_any_block_and_block_0_by_default():
+    assert make_schedule("random", 196, 12).begin_layers == (0,)  # FLIP: masking before the first block
+    assert make_schedule("random", 64, 12, begin_layers=(3,), keep_ratios=(0.61,)).keep == (39,)
+    assert make_schedule("random", 64, 12, begin_layers=(11,), keep_ratios=(0.5,)).tokens_per_block()[-1] == 33
+    with pytest.raises(ValueError, match=r"before one of blocks 0 to 11 of a 12-block tower: got begin_layers=\(12,\)"):
+        make_schedule("random", 64, 12, begin_layers=(12,), keep_ratios=(0.5,))
 
 
 @pytest.mark.parametrize("method", registered_methods())

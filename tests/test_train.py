@@ -67,7 +67,7 @@ def losses(workdir):
     ("reduction.method", "prune", "config.reduction.method = 'prune' is invalid"),
     ("optim.grad_accum_steps", 3, r"config.optim.grad_accum_steps = 3 is invalid: expected a divisor of batch_size"),
     ("loss", "hinge", "config.loss = 'hinge' is invalid"),
-    ("eval.reduction", "random", "config.eval.reduction = .random. is invalid: expected one of"),  # training only
+    ("eval.reduction", "prune", "config.eval.reduction = .prune. is invalid: expected one of"),
     ("batch_size", 0, "config.batch_size = 0 is invalid: expected an int >= 1"),
 ])
 def test_invalid_config_values_fail_before_compiling_naming_the_key(key, value, message):

@@ -7,6 +7,8 @@
         --reduction evit --reduction-sweep "1.0,1.0,1.0;0.9,0.65,0.4;0.7,0.5,0.3" --output sweep.json
     python -m elip_jax.evaluate --pretrained DIR --dataset cifar10 --task zeroshot_classification \
         --reduction tome --reduction-sweep "0;4;9;16d" --output tome_sweep.json
+    python -m elip_jax.evaluate --pretrained DIR --dataset cifar10 --task zeroshot_classification \
+        --reduction random --begin-layers 3 --keep-ratios 0.61 --seed 1 --output random_s1.json
 
 A sweep varies what the method's schedule is made of: keep ratios for the methods that prune between blocks
 (';'-separated schedules of ','-separated ratios), r for tome (';'-separated entries, each an int r merged in
@@ -28,6 +30,8 @@ from elip_jax.evaluate.results import (TASKS, atomic_write, result_record, sweep
 from elip_jax.evaluate.sharding import check_batch_size, data_mesh, is_main_process
 from elip_jax.reduction import evaluation_methods, get_method
 from elip_jax.reduction.registry import MERGE_ONE, SWEEP_R
+
+MAX_SEED = 2 ** 32 - 1  # jax.random.PRNGKey takes 32 bits here (larger seeds would wrap around silently)
 
 
 def load_model(pretrained_or_workdir: Optional[str] = None, *, model_name: Optional[str] = None, seed: int = 0,
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction", default="none", choices=evaluation_methods(),
                    help="token reduction in the image tower at evaluation. Text-guided methods (elip, "
                         "elip_inline) get no guide at evaluation, so they do not prune (recorded as "
-                        "prunes_at_eval: false)")
+                        "prunes_at_eval: false); random keeps a random subset of each image's patches, drawn "
+                        "from --seed and the image's index in the split")
     p.add_argument("--predictor", default=None,
                    help="a folder holding a trained predictor for --reduction (from `python -m "
                         "elip_jax.patch_ranking train-predictor` or tune-tokens): its scorer's parameters, and its "
@@ -103,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-key", default="label")
     p.add_argument("--text-key", default=None, help="caption feature for retrieval ('captions/text' for COCO)")
     p.add_argument("--image-size", type=int, default=None, help="override the model's image size (--model only)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed for --model")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"initialisation seed for --model, and the seed of the per-example keys of a method that "
+                        f"draws at evaluation (random: image i keeps the subset fold_in(PRNGKey(seed), i) draws, "
+                        f"whatever the batch size or device count); an int in [0, {MAX_SEED}]")
     return p
 
 
@@ -114,6 +122,8 @@ def check_arguments(args, mesh) -> dict:
     Returns what the run uses: the dataset's TFDS name and folder, the batch size and the markdown path."""
     from elip_jax import data
 
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be an int in [0, {MAX_SEED}] (a 32-bit key seed); got {args.seed}")
     if args.image_size and args.pretrained:
         raise UsageError("--image-size applies to --model only (a checkpoint fixes its own image size)")
     markdown = os.path.splitext(args.output)[0] + ".md" if args.reduction_sweep else None
@@ -177,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         model, variables = evaluator.with_reduction(model, reduced.reduction, variables)
     common = dict(task=args.task, dataset=checked["dataset"], split=args.split, data_dir=checked["data_dir"],
                   batch_size=checked["batch_size"], mesh=mesh, image_key=args.image_key,
-                  label_key=args.label_key, text_key=args.text_key)
+                  label_key=args.label_key, text_key=args.text_key, seed=args.seed)
     record_args = dict(dataset=args.dataset, model=name, task=args.task, split=args.split,
                        pretrained=args.pretrained, **({"predictor": args.predictor} if args.predictor else {}))
 
@@ -269,6 +279,7 @@ def sweep_title(args, model_name: str, method: str) -> dict:
             ("r (as typed)" if get_method(method).sweep_parameter == SWEEP_R else "keep ratios (as typed)"):
                 args.reduction_sweep,
             **({"begin layers": args.begin_layers} if args.begin_layers else {}),
+            **({"seed": args.seed} if get_method(method).evaluation_needs_keys else {}),
             **({"predictor": args.predictor} if args.predictor else {})}
 
 

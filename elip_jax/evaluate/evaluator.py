@@ -51,13 +51,14 @@ def evaluate(model, variables, *, task: str, dataset: str, split: str = "test", 
              label_key: str = "label", text_key: Optional[str] = None,
              classifier: Optional[tuple[ZeroShotPrompts, np.ndarray]] = None,
              captions: Optional[Sequence[Sequence[str]]] = None, batches=None,
-             compute_flops: bool = True) -> dict:
+             compute_flops: bool = True, seed: int = 0) -> dict:
     """Zero-shot classification or retrieval of `model` (with its own reduction schedule) on a TFDS split.
 
     Every process must call this with the same arguments. batch_size is global (a multiple of the device
     count). classifier / captions / batches may be given to reuse or replace what would be loaded
     (`classifier_for`, `sources.read_captions`, `sources.eval_batches`; batches may be a zero-argument
-    callable that makes the iterator). Returns {'metrics': CLIP_benchmark's
+    callable that makes the iterator). seed: where a method that draws at evaluation (random) takes its
+    per-example keys from (fold_in(PRNGKey(seed), example index)). Returns {'metrics': CLIP_benchmark's
     metrics, 'num_examples', 'skipped_examples', 'examples_per_second', 'flops_per_image',
     'reduction'}.
     """
@@ -75,18 +76,18 @@ def evaluate(model, variables, *, task: str, dataset: str, split: str = "test", 
         prompts, class_embeddings = classifier or classifier_for(model, variables, dataset, data_dir=data_dir,
                                                                  label_key=label_key, mesh=mesh)
         outcome = evaluate_classification(model, variables, batches, class_embeddings, mesh,
-                                          label_to_class=prompts.label_to_class, description=dataset)
+                                          label_to_class=prompts.label_to_class, description=dataset, seed=seed)
     else:
         if captions is None:
             captions = sources.read_captions(dataset, split, data_dir, text_key or sources.default_text_key(dataset))
-        outcome = evaluate_retrieval(model, variables, batches, captions, mesh, description=dataset)
+        outcome = evaluate_retrieval(model, variables, batches, captions, mesh, description=dataset, seed=seed)
     metrics = {k: v for k, v in outcome.items() if k not in ("num_examples", "num_texts", "examples_per_second")}
     skipped = getattr(batches, "skipped", None)  # unreadable images: not counted, but reported
     return {"metrics": metrics, "num_examples": outcome["num_examples"],
             "skipped_examples": {k: int(v) for k, v in skipped.items() if v} if skipped else {},
             "examples_per_second": outcome["examples_per_second"],
-            "flops_per_image": image_flops_per_image(model, variables) if compute_flops else None,
-            "reduction": describe_reduction(model.reduction)}
+            "flops_per_image": image_flops_per_image(model, variables, seed=seed) if compute_flops else None,
+            "reduction": describe_reduction(model.reduction, seed)}
 
 
 def parse_keep_schedules(text: str) -> list[tuple[float, ...]]:

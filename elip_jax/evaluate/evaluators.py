@@ -6,7 +6,8 @@ data_dir, batch_size, every_steps (0: only at the end of training) and keys:
                          every_steps=5000, label_key="label")
     evals.coco = dict(type="zeroshot_retrieval", dataset="coco_captions", split="val", text_key="captions")
 The model is fitted to the evaluation's reduction (a method of elip_jax.reduction.evaluation_methods(): text-guided
-ones do not prune there, ELIP never guides with the ground truth) once, when the evaluator is built.
+ones do not prune there, ELIP never guides with the ground truth; random draws per-example keys from seed 0) once,
+when the evaluator is built.
 """
 from __future__ import annotations
 

@@ -15,21 +15,33 @@ import numpy as np
 from jax.sharding import Mesh
 
 from elip_jax.evaluate import sharding
+from elip_jax.reduction.methods import example_keys
 
-ImageProgram = Callable[[dict, jax.Array], dict]  # (variables, uint8 images [B, S, S, 3]) -> {name: [B, ...]}
+# (variables, uint8 images [B, S, S, 3], example indices [B], *extra) -> {name: [B, ...]}
+ImageProgram = Callable[..., dict]
 
 
-def encode_image_program(model) -> Callable:
-    """(variables, uint8 images) -> L2-normalised image embeddings [B, E], for use inside jit.
+def image_inputs(model, seed: int, index: jax.Array) -> dict:
+    """What `encode_image` gets besides the images at evaluation, as the method asks: one key per example for
+    a method that draws at evaluation (`random`: fold_in(PRNGKey(seed), index in the split), so an image's
+    subset depends on nothing but the seed and the image's index), else nothing. No guide is ever given: text-guided
+    methods (elip, elip_inline) do not prune here, an image is never guided by its own caption (docs/elip.md)."""
+    schedule = getattr(model, "reduction", None)  # a stand-in model (tests) may have no schedule
+    if schedule is None or not schedule.spec.evaluation_needs_keys:
+        return {}
+    return {"rng": example_keys(seed, index)}
 
-    No guide is given: text-guided methods (elip, elip_inline) do not prune here, and an image is never
-    guided by its own caption at evaluation (docs/elip.md). Vision-only methods (evit) prune as scheduled.
-    """
+
+def encode_image_program(model, seed: int = 0) -> Callable:
+    """(variables, uint8 images [B, S, S, 3], example indices [B]) -> L2-normalised image embeddings [B, E], for
+    use inside jit. Vision-only methods (evit) prune as scheduled; `random` with keys from `seed` and the
+    indices (`image_inputs`); text-guided ones do not prune."""
     from elip_jax import data
 
-    def encode(variables, images):
+    def encode(variables, images, index):
         pixels = data.normalize_images(images)
-        return model.apply(variables, pixels, method=model.encode_image, normalize=True)
+        return model.apply(variables, pixels, method=model.encode_image, normalize=True,
+                           **image_inputs(model, seed, index))
 
     return encode
 
@@ -63,9 +75,10 @@ def text_encoder(model):
 
 def run_image_program(program: Callable, variables, batches: Iterable[dict], *, extra_args=(),
                       description: str = "evaluating", keep_keys=("labels",)) -> tuple[dict, float]:
-    """Runs jitted `program(variables, images, *extra_args) -> {name: [B, ...]}` over every batch.
+    """Runs jitted `program(variables, images, index, *extra_args) -> {name: [B, ...]}` over every batch.
 
-    batches: the eval iterator's dicts of global arrays ('images', 'index', 'mask', and `keep_keys`).
+    batches: the eval iterator's dicts of global arrays ('images', 'index', 'mask', and `keep_keys`); `index` is
+    each row's example index in the split (-1 on padding), from which a program may derive per-example keys.
     Returns (results, seconds): results[name] are the rows of the real examples in dataset order, plus
     results['index']; seconds is the wall time of the loop after the first (compiling) step.
     Raises ValueError when an example shows up twice (the iterator or the sharding is broken).
@@ -75,7 +88,7 @@ def run_image_program(program: Callable, variables, batches: Iterable[dict], *, 
     total = len(batches) if hasattr(batches, "__len__") else None
     collected, start, steps = {}, None, 0
     for batch in tqdm(batches, total=total, desc=description, disable=not sharding.is_main_process()):
-        outputs = dict(program(variables, batch["images"], *extra_args))
+        outputs = dict(program(variables, batch["images"], batch["index"], *extra_args))
         for key in keep_keys:
             if key in batch:
                 outputs[key] = batch[key]

@@ -11,21 +11,24 @@ CLASSIFICATION_KEYS = ("acc1", "acc5", "mean_per_class_recall")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 
 
-def describe_reduction(schedule) -> dict:
+def describe_reduction(schedule, seed: Optional[int] = None) -> dict:
     """What the image tower does at evaluation: method, schedule and the tokens entering each block.
 
-    Only methods that serve at inference prune with the image alone; text-guided methods get no guide at
-    evaluation and random masking no key, so they do not prune (docs/elip.md): said explicitly in
+    The method says whether an evaluation prunes (`prunes_at_evaluation`): those that serve at inference prune
+    with the image alone, `random` with per-example keys drawn from `seed` (recorded as 'seed'); text-guided
+    methods get no guide at evaluation, so they do not prune (docs/elip.md): said explicitly in
     'prunes_at_eval' so that no table reads an unpruned number as a pruned one.
     """
     method = schedule.spec
     reduces = bool(schedule.active_stages() or schedule.merging_blocks())
-    prunes = reduces and method.serves_at_inference and method.prunes_with(guide_given=False, rng_given=False)
+    prunes = reduces and method.prunes_at_evaluation
     described = {"method": schedule.method, "begin_layers": list(schedule.begin_layers), "keep": list(schedule.keep),
                  "keep_ratios": [k / schedule.num_patches for k in schedule.keep] if schedule.num_patches else [],
                  "prunes_at_eval": prunes,
                  "tokens_per_block": (schedule.tokens_per_block() if prunes
                                       else [schedule.input_tokens] * schedule.depth)}
+    if method.evaluation_needs_keys and seed is not None:
+        described["seed"] = seed
     if schedule.r:
         described["r"] = list(schedule.r)
     if schedule.protected:

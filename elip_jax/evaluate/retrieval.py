@@ -14,14 +14,16 @@ from elip_jax.evaluate.metrics import DEFAULT_RECALL_KS, retrieval_metrics
 
 
 @functools.lru_cache(maxsize=16)
-def embed_program(model):
-    encode = encode_image_program(model)
-    return jax.jit(lambda variables, images: {"embeddings": encode(variables, images)})
+def embed_program(model, seed: int = 0):
+    encode = encode_image_program(model, seed)
+    return jax.jit(lambda variables, images, index: {"embeddings": encode(variables, images, index)})
 
 
-def image_embeddings(model, variables, batches: Iterable[dict], mesh: Mesh, description: str = "retrieval"):
-    """(dataset indices [N], normalised image embeddings [N, E], examples per second) on every process."""
-    results, seconds = run_image_program(embed_program(model), sharding.replicate(variables, mesh), batches,
+def image_embeddings(model, variables, batches: Iterable[dict], mesh: Mesh, description: str = "retrieval",
+                     seed: int = 0):
+    """(dataset indices [N], normalised image embeddings [N, E], examples per second) on every process; seed: of
+    the per-example keys of a method that draws at evaluation (random)."""
+    results, seconds = run_image_program(embed_program(model, seed), sharding.replicate(variables, mesh), batches,
                                          description=description, keep_keys=())
     count = len(results["index"])
     return results["index"], results["embeddings"], examples_per_second(count, results["_steps"], seconds)
@@ -44,11 +46,12 @@ def flatten_captions(indices: np.ndarray, captions: Sequence[Sequence[str]]) -> 
 
 def evaluate_retrieval(model, variables, batches: Iterable[dict], captions: Sequence[Sequence[str]], mesh: Mesh,
                        ks: Sequence[int] = DEFAULT_RECALL_KS, text_batch_size: int = 1024,
-                       description: str = "retrieval") -> dict:
-    """CLIP_benchmark's recall@k both ways. captions[i]: the captions of dataset example i (its 'index')."""
+                       description: str = "retrieval", seed: int = 0) -> dict:
+    """CLIP_benchmark's recall@k both ways. captions[i]: the captions of dataset example i (its 'index').
+    seed: of the per-example keys of a method that draws at evaluation (random)."""
     from elip_jax.tokenizer import tokenize
 
-    indices, images, speed = image_embeddings(model, variables, batches, mesh, description)
+    indices, images, speed = image_embeddings(model, variables, batches, mesh, description, seed)
     texts, text_to_image = flatten_captions(indices, captions)
     tokens = tokenize(texts, context_length=model.config.context_length)
     texts_embedded = text_embeddings(model, variables, tokens, mesh, batch_size=text_batch_size)

@@ -16,27 +16,30 @@ TOP_K = 5
 
 
 @functools.lru_cache(maxsize=16)
-def classify_program(model, num_classes: int):
-    """jit((variables, uint8 images, class embeddings [C, E]) -> {'top_classes': [B, min(5, C)]})."""
-    encode = encode_image_program(model)
+def classify_program(model, num_classes: int, seed: int = 0):
+    """jit((variables, uint8 images, example indices, class embeddings [C, E]) -> {'top_classes': [B, min(5, C)]});
+    seed: of the per-example keys of a method that draws at evaluation (random)."""
+    encode = encode_image_program(model, seed)
     k = min(TOP_K, num_classes)
 
-    def classify(variables, images, class_embeddings):
-        logits = encode(variables, images) @ class_embeddings.T  # cosine similarities; the scale changes no rank
+    def classify(variables, images, index, class_embeddings):
+        logits = encode(variables, images, index) @ class_embeddings.T  # cosine similarities; the scale changes no rank
         return {"top_classes": top_k_classes(logits, k)}
 
     return jax.jit(classify)
 
 
 def evaluate_classification(model, variables, batches: Iterable[dict], class_embeddings: np.ndarray, mesh: Mesh,
-                            label_to_class: Optional[np.ndarray] = None, description: str = "zero-shot") -> dict:
+                            label_to_class: Optional[np.ndarray] = None, description: str = "zero-shot",
+                            seed: int = 0) -> dict:
     """CLIP_benchmark's classification metrics for every example the eval iterator `batches` yields.
 
     class_embeddings: [C, E] from `zeroshot_classifier`. label_to_class maps the dataset's label ids to
-    classifier rows (identity when None). Returns the metrics plus 'num_examples' and 'examples_per_second'.
+    classifier rows (identity when None). seed: of the per-example keys of a method that draws at evaluation
+    (random). Returns the metrics plus 'num_examples' and 'examples_per_second'.
     """
     class_embeddings = np.asarray(class_embeddings, np.float32)
-    program = classify_program(model, len(class_embeddings))
+    program = classify_program(model, len(class_embeddings), seed)
     results, seconds = run_image_program(
         program, sharding.replicate(variables, mesh), batches,
         extra_args=(sharding.replicate(class_embeddings, mesh),), description=description)

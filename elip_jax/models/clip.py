@@ -11,6 +11,7 @@ import numpy as np
 from elip_jax.models.config import CLIPConfig, get_config, resolve_dtype
 from elip_jax.models.towers import TextTransformer, VisionTransformer
 from elip_jax.reduction import ReductionSchedule, make_schedule
+from elip_jax.reduction.methods import is_key_batch
 
 
 def l2_normalize(x, axis=-1):
@@ -38,11 +39,14 @@ class CLIP(nn.Module):
         """images [B, H, W, 3] float, CLIP-normalised -> [B, E].
 
         guide: paired text features [B, E] for text-guided pruning (training); without it ELIP does not
-        prune. rng: key for `random` masking (training only).
+        prune. rng: for `random` masking, one key for the batch (training) or one key per image (evaluation,
+        `elip_jax.reduction.methods.example_keys`); without it `random` does not prune.
         """
         check_images(images, self.config)
         if guide is not None:
             check_guide(guide, images.shape[0], self.config)
+        if rng is not None:
+            check_rng(rng, images.shape[0])
         features = self.visual(images, guide, rng)
         return l2_normalize(features) if normalize else features
 
@@ -78,6 +82,11 @@ def check_guide(guide, batch: int, config: CLIPConfig):
     if not hasattr(guide, "shape") or tuple(guide.shape) != (batch, config.embed_dim):
         raise ValueError(f"guide must be text features of shape [{batch}, {config.embed_dim}]; "
                          f"got {getattr(guide, 'shape', type(guide).__name__)}")
+
+
+def check_rng(rng, batch: int):
+    if is_key_batch(rng) and rng.shape[0] != batch:
+        raise ValueError(f"rng must be one key, or one key per image ({batch}); got {rng.shape[0]} keys")
 
 
 def check_tokens(tokens, config: CLIPConfig):

@@ -88,7 +88,8 @@ class VisionTransformer(nn.Module):
         """Image features [B, E] (not normalised).
 
         guide: the paired caption's text embedding [B, E]; text-guided methods prune only when given it.
-        rng: the random key for `random` masking, which prunes only when given one (training).
+        rng: the random key for `random` masking, which prunes only when given one: one key for the batch
+            (training) or a batch of keys, one per image (evaluation).
         """
         x = self.embed(images)
         schedule = self.reduction

@@ -83,10 +83,30 @@ class EViTScorer(nn.Module):
 
 
 class RandomScorer(nn.Module):
-    """FLIP: uniform scores, so the top-k is a uniformly random subset of the patches."""
+    """FLIP: uniform scores, so the top-k is a uniformly random subset of the patches.
+
+    rng: one key for the batch (training: the step's key), or one key per example (evaluation: `example_keys`),
+    where each example's scores are drawn from its own key alone.
+    """
 
     def __call__(self, inputs: StageInputs) -> jax.Array:
+        if is_key_batch(inputs.rng):
+            draw = lambda key: jax.random.uniform(key, (inputs.num_candidates,), jnp.float32)  # noqa: E731
+            return jax.vmap(draw)(inputs.rng)
         return jax.random.uniform(inputs.rng, (inputs.x.shape[0], inputs.num_candidates), jnp.float32)
+
+
+def is_key_batch(rng: jax.Array) -> bool:
+    """Whether `rng` is a batch of keys ([B] typed keys, or [B, 2] raw uint32 keys) rather than one key."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(rng) == (1 if typed else 2)
+
+
+def example_keys(seed, index: jax.Array) -> jax.Array:
+    """Raw keys [B, 2]: fold_in(PRNGKey(seed), index[b]), so what an example draws at evaluation depends only on
+    the seed and its index in the split. Padding rows (index -1) get example 0's key; their results are dropped."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.maximum(jnp.asarray(index, jnp.int32), 0))
 
 
 # ---------------------------------------------------------------------------------------------- scoring costs
@@ -149,8 +169,9 @@ EVIT = registry.register(registry.ReductionMethod(
                   "block i-1's LayerNorm output beside the fused attention)"))
 
 RANDOM = registry.register(registry.ReductionMethod(
-    name="random", summary="FLIP-style random masking before block 0 (training only)",
+    name="random", summary="a uniformly random subset of the patches, once (FLIP masking before block 0 in "
+                           "training; seeded per example at evaluation)",
     trigger=registry.RNG, placement=registry.BETWEEN_BLOCKS, removal=registry.DROP,
-    default_options=random_defaults, scoring_flops=no_scoring_flops, scorer=RandomScorer,
-    first_valid_block=0, last_valid_block=0, max_stages=1,
+    default_options=random_defaults, scoring_flops=no_scoring_flops, scorer=RandomScorer, per_example_keys=True,
+    first_valid_block=0, max_stages=1,
     flops_formula="0 (uniform random scores)"))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 NEVER = "never"  # `none`
 ALWAYS = "always"  # needs nothing but the image: prunes in training and at inference
 GUIDE = "guide"  # needs the paired caption's embedding (text-guided; training only)
-RNG = "rng"  # needs a random key (random masking; training only)
+RNG = "rng"  # needs a random key (random masking: the step's key in training, per-example keys at evaluation)
 TRIGGERS = (NEVER, ALWAYS, GUIDE, RNG)
 
 # Where the method reduces tokens (ReductionMethod.placement).
@@ -46,6 +46,9 @@ class ReductionMethod:
     default_options(num_patches, depth) -> the schedule options used when none are given, e.g.
         {'begin_layers': (2, 4, 10), 'keep_ratios': (0.9, 0.65, 0.4)} or {'r': 8}.
     serves_at_inference: prunes when encoding an image alone (evaluation, retrieval embeddings).
+    per_example_keys: an RNG method whose scorer also takes one key per example (a batch of keys instead of one): an
+        evaluation then prunes, each example drawing from a key made of a seed and its index in the split, so the
+        subset an image gets depends on nothing else (batch size, position, devices).
     scorer: a Flax module class (constructed with no arguments, named `reduction_scorer` in the vision tower, so
         its parameters, if any, live at params['visual']['reduction_scorer']); called with `StageInputs`,
         returns [B, C] fp32 candidate scores without gradient. None for methods that score nothing.
@@ -64,6 +67,7 @@ class ReductionMethod:
     scoring_flops: Callable[..., list]
     flops_formula: str
     serves_at_inference: bool = False
+    per_example_keys: bool = False
     scorer: Optional[Any] = None
     needs_previous_cls_attention: bool = False
     first_valid_block: int = 1
@@ -76,6 +80,9 @@ class ReductionMethod:
                                       ("removal", self.removal, REMOVALS)):
             if value not in allowed:
                 raise ValueError(f"ReductionMethod {self.name!r}: {field} must be one of {allowed}, got {value!r}")
+        if self.per_example_keys and self.trigger != RNG:
+            raise ValueError(f"ReductionMethod {self.name!r}: per_example_keys applies to methods whose trigger is "
+                             f"{RNG!r} (they draw from a key); trigger is {self.trigger!r}")
 
     @property
     def reduces(self) -> bool:
@@ -93,6 +100,20 @@ class ReductionMethod:
     def prunes_with(self, guide_given: bool, rng_given: bool) -> bool:
         """Whether a call with (or without) a guide and a key prunes at all."""
         return {NEVER: False, ALWAYS: True, GUIDE: guide_given, RNG: rng_given}[self.trigger]
+
+    @property
+    def evaluation_needs_keys(self) -> bool:
+        """Whether an evaluation passes `encode_image` one key per example (rng: a batch of keys): the RNG methods that
+        take them. The others get the image alone (no guide: no image is guided by its own caption)."""
+        return self.trigger == RNG and self.per_example_keys
+
+    @property
+    def prunes_at_evaluation(self) -> bool:
+        """Whether an evaluation prunes: methods that serve at inference, and those given per-example keys."""
+        if not self.reduces:
+            return False
+        return (self.serves_at_inference and self.prunes_with(guide_given=False, rng_given=False)
+                or self.evaluation_needs_keys)
 
 
 _REGISTRY: dict[str, ReductionMethod] = {}
@@ -128,9 +149,10 @@ def inference_methods() -> tuple:
 
 
 def evaluation_methods() -> tuple:
-    """The methods an evaluation may name: those that prune at inference, `none`, and the text-guided ones (which
-    then do not prune: no image is guided by its own caption in an evaluation). Random masking is training only."""
-    return tuple(name for name, m in _REGISTRY.items() if m.trigger != RNG)
+    """The methods an evaluation may name: those that prune at inference, `none`, the text-guided ones (which
+    then do not prune: no image is guided by its own caption in an evaluation), and the RNG methods that take
+    per-example keys (`random`, seeded). An RNG method that takes only one key per batch cannot be evaluated."""
+    return tuple(name for name, m in _REGISTRY.items() if m.trigger != RNG or m.per_example_keys)
 
 
 def unregister(name: str) -> ReductionMethod:

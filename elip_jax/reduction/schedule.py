@@ -20,7 +20,7 @@ from elip_jax.reduction.registry import BETWEEN_BLOCKS, INSIDE_BLOCKS, MERGE_ONE
 # ELIP's published schedule for 12-block towers: prune before blocks 2, 4 and 10.
 DEFAULT_BEGIN_LAYERS_12 = (2, 4, 10)
 DEFAULT_KEEP_RATIOS = (0.90, 0.65, 0.40)
-# FLIP-style random masking keeps this fraction of the patches before block 0.
+# FLIP-style random masking keeps this fraction of the patches, by default before block 0.
 DEFAULT_RANDOM_KEEP_RATIO = 0.5
 DEFAULT_MIX = 0.8  # lambda: weight of the image CLS when mixing in the text guide (docs/elip.md, step 2)
 
@@ -241,8 +241,9 @@ def _stage_schedule(spec, num_patches, depth, begin_layers, keep_ratios, keep, m
 def _refuse_stages(spec, depth, begin, keeps):
     first = spec.first_valid_block
     last = depth - 1 if spec.last_valid_block is None else spec.last_valid_block
-    where = f"before block {first}" if first == last else f"before blocks {first} to {last}"
-    raise ValueError(f"{spec.name} keeps patches at most {spec.max_stages} time(s), {where}: got "
+    stages = f"{spec.max_stages} stage" + ("s" if spec.max_stages != 1 else "")
+    where = f"before block {first}" if first == last else f"each before one of blocks {first} to {last}"
+    raise ValueError(f"{spec.name} prunes in at most {stages}, {where} of a {depth}-block tower: got "
                      f"begin_layers={begin}, {keeps}")
 
 
