@@ -26,8 +26,9 @@ PAYLOADS = [result("none", 95e6, 0.38),
 
 
 def test_one_curve_per_method_in_order_of_flops_with_its_points_named():
-    found, about = plot.curves(PAYLOADS)
-    assert about == ABOUT and list(found) == ["none", "evit", "tome"]
+    by_its_name = {**result("random", 65e6, 0.39, keep=[39]), "dataset": "elip_shapes"}  # = builtin
+    found, about = plot.curves(PAYLOADS + [by_its_name])
+    assert about == {**ABOUT, "dataset": "elip_shapes"} and list(found) == ["none", "evit", "tome", "random"]
     assert found["evit"] == [(62e6, 0.30, "0.61"), (78e6, 0.36, "0.8"), (95e6, 0.38, "1.0")]
     assert found["tome"] == [(70e6, 0.33, "r=3")] and found["none"] == [(95e6, 0.38, "")]
 

@@ -14,6 +14,7 @@ import math
 from typing import Optional, Sequence
 
 from elip_jax.command_line import ArgumentParser, UsageError, check_output_file, run_command
+from elip_jax.data.names import canonical_name
 
 PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194))
@@ -51,6 +52,7 @@ def curves(payloads: Sequence[dict], metric: str = "acc1") -> tuple[dict, dict]:
     for payload in payloads:
         for record in records_of(payload):
             this = {k: record.get(k) for k in ("model", "dataset", "split", "task")}
+            this["dataset"] = canonical_name(this["dataset"])  # `builtin` and `elip_shapes` are one dataset
             if about is None:
                 about = this
             elif this != about:
