@@ -61,7 +61,7 @@ def test_the_predictor_has_about_46k_parameters_at_vit_b16_and_the_method_keeps_
     assert make_schedule("patch_ranking", 64, 12).keep == (39,)  # 64 - floor(0.4 * 64)
     flops = analytic_image_flops(schedule, 768, heads=12)
     assert flops["scoring"] == predictor_flops(196, 768) == 196 * 768 + 4 * 196 * 64 * (32 + 256) + 2 * 196 * 64
-    with pytest.raises(ValueError, match="at most 1 time"):
+    with pytest.raises(ValueError, match="at most 1 stage, each before one of blocks 1 to 11"):
         make_schedule("patch_ranking", 196, 12, begin_layers=(3, 6), keep=(118, 60))
 
 
