@@ -118,10 +118,10 @@ def test_largest_batch_edges():
 
 def test_points_at_one_flops_are_drawn_side_by_side_and_lone_points_stay():
     from elip_jax.study.plots import side_by_side
-    pixels = [300.0, 100.0, 500.0, 104.0, 510.0, 500.0]
+    pixels = [300.0, 100.0, 500.0, 104.0, 505.0, 500.0, 320.0]
     offsets = np.asarray(side_by_side(pixels, width=16))
     drawn = np.asarray(pixels) + offsets
-    assert offsets[0] == 0  # alone
+    assert offsets[0] == 0 and offsets[6] == 0  # alone: 300 and 320 are more than 8 apart
     for group in ([1, 3], [2, 4, 5]):  # each group spread about its place, no two of its points closer than 16
         assert np.all(np.diff(np.sort(drawn[group])) >= 16) and offsets[group].sum() == 0
 

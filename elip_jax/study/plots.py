@@ -136,14 +136,16 @@ def method_colors(methods: Sequence[str]) -> dict:
     return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
 
 
-def side_by_side(pixels: Sequence[float], width: float = 16.0) -> list[float]:
-    """Pixel offsets that spread points closer than `width` along x (e.g. `none` at equal steps and a method at
-    equal FLOPs share the x by design) so that no marker or error bar hides another; lone points stay put."""
+def side_by_side(pixels: Sequence[float], width: float = 12.0, near: Optional[float] = None) -> list[float]:
+    """Pixel offsets that spread points less than `near` (default width / 2) apart along x, `width` apart (the
+    equal-FLOPs runs share `none`'s x by design), so that no marker or error bar hides another; points farther
+    apart stay put, so that a spread point is never drawn far from its FLOPs."""
+    near = width / 2 if near is None else near
     offsets = [0.0] * len(pixels)
     order = sorted(range(len(pixels)), key=lambda i: pixels[i])
     cluster = []
     for i in order + [None]:
-        if i is not None and (not cluster or pixels[i] - pixels[cluster[-1]] < width):
+        if i is not None and (not cluster or pixels[i] - pixels[cluster[-1]] < near):
             cluster.append(i)
             continue
         for k, j in enumerate(cluster):
