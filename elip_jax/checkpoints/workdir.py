@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Callable, Optional, TypeVar
 
 import numpy as np
@@ -62,6 +63,28 @@ def short_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def quiet_reads_of_failed_restores() -> None:
+    """When a restore fails, the reads it had started still finish, on TensorStore's threads, and try to hand
+    their results to the asyncio loop Orbax has closed by then: `RuntimeError: Event loop is closed`, reported
+    through sys.unraisablehook, often hundreds of times and seconds later. A failed restore is reported in one
+    line already, so those are dropped; every other unraisable exception reaches the previous hook. Dropping
+    them early matters beyond the noise: a hook written in Python (pytest's, IPython's) formats each traceback
+    on TensorStore's thread, and Python 3.11's traceback formatting parses source with `ast`, whose state is
+    shared by all threads, so a `compile`/`ast.parse` running meanwhile on the main thread fails with
+    "SystemError: AST constructor recursion depth mismatch"."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.quiet_closed_loop = True
+    sys.unraisablehook = hook
+
+
 def restore_newest(checkpoints_dir: str, restore: Callable[[int], T], steps: Optional[list[int]] = None,
                    on_skip: Optional[Callable[[int, BaseException], None]] = None,
                    report: Optional[Callable[[str], None]] = None) -> tuple[T, int]:
@@ -74,6 +97,7 @@ def restore_newest(checkpoints_dir: str, restore: Callable[[int], T], steps: Opt
     if not steps:
         raise ValueError(f"{checkpoints_dir} holds no finished checkpoint yet")
     failures = []
+    quiet_reads_of_failed_restores()  # before the first attempt: late reads may arrive as soon as one fails
     for step in steps:
         try:
             return restore(step), step

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 from typing import Any, Optional
 
@@ -93,24 +92,6 @@ class PreemptionFlag:
         return self._event.is_set()
 
 
-def quiet_reads_of_failed_restores() -> None:
-    """When a restore fails, the reads it had started still finish, on TensorStore's threads, and try to hand
-    their results to the asyncio loop Orbax has closed by then: `RuntimeError: Event loop is closed`, reported
-    through sys.unraisablehook as hundreds of tracebacks for one broken checkpoint. A failed restore is reported
-    in one line already, so those are dropped; every other unraisable exception reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "quiet_closed_loop", False):
-        return
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.quiet_closed_loop = True
-    sys.unraisablehook = hook
-
-
 class Checkpointer:
     """Periodic asynchronous saves, keep the last N, resume from the latest."""
 
@@ -149,7 +130,6 @@ class Checkpointer:
         if not steps:
             return None
         failed = []
-        quiet_reads_of_failed_restores()
         (state, data_state), step = restore_newest(
             self.directory, lambda s: self.restore(abstract_state, s), steps,
             on_skip=lambda s, error: failed.append(s), report=report)
