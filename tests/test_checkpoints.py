@@ -146,9 +146,11 @@ def test_a_failed_restores_late_reads_reach_no_hook(workdir, tmp_path):
         damaged = copy_of(workdir, tmp_path)
         for step in (12, 10, 8):
             corrupt(damaged, step)
-        for _ in range(2):  # a first restore in a process may be slow enough for its reads to end in time
+        for attempt in range(2):  # a first restore in a process may be slow enough for its reads to end in time
             with pytest.raises(ValueError, match="no checkpoint in"):
                 checkpoints.load(damaged)
+            if attempt == 0:  # reports of earlier tests' restores may reach this hook before the loader's filter
+                reached.clear()
         time.sleep(3)  # late reads arrive for about a second (hundreds of them)
     finally:
         sys.unraisablehook = previous
